@@ -1,0 +1,155 @@
+"""`fhirserver` command line: serve, migrate. Every subcommand reads the same settings."""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import replace
+
+from fhirserver.settings import Settings, from_environment
+
+log = logging.getLogger("fhirserver")
+
+DESCRIPTION = """A FHIR R4 (4.0.1) server on PostgreSQL.
+
+With no DATABASE_URL the server runs an embedded PostgreSQL whose data lives in --data-dir
+(or FHIRSERVER_DATA_DIR). With DATABASE_URL it uses that PostgreSQL (14 or newer)."""
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", help="directory of the embedded PostgreSQL data and server state "
+                        "(env FHIRSERVER_DATA_DIR; default: a per-user data directory)")
+    parser.add_argument("--database-url", help="PostgreSQL URL to use instead of the embedded one (env DATABASE_URL)")
+    parser.add_argument("--host", help="address to listen on (env FHIRSERVER_HOST; default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port to listen on (env FHIRSERVER_PORT; default 8080)")
+    parser.add_argument("--base-url", dest="public_base_url",
+                        help="public base URL used in links and Location headers, e.g. https://fhir.example.org/fhir "
+                             "(env FHIRSERVER_PUBLIC_BASE_URL; default http://HOST:PORT/fhir)")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                        help="log verbosity (env FHIRSERVER_LOG_LEVEL; default info)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fhirserver", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    serve = sub.add_parser("serve", help="run the FHIR server (applies pending migrations first)",
+                           description="Run the FHIR server at http://HOST:PORT/fhir until Ctrl-C or SIGTERM. "
+                                       "Pending database migrations are applied first.")
+    _common(serve)
+    serve.add_argument("--workers", type=int, help="number of server processes (env FHIRSERVER_WORKERS; default 1)")
+    migrate = sub.add_parser("migrate", help="apply pending database migrations and exit",
+                             description="Apply the numbered SQL migrations that the database does not have yet. "
+                                         "Safe to run while the server is running.")
+    _common(migrate)
+    migrate.add_argument("--check", action="store_true", help="only list pending migrations; exit 1 if any")
+    dburl = sub.add_parser("database-url", help="print the PostgreSQL URL the server uses (for psql and tools)",
+                           description="Print the connection URL of the database (starting the embedded PostgreSQL "
+                                       "only for as long as the command runs, unless a server is using it).")
+    _common(dburl)
+    return parser
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    flags = {k: getattr(args, k, None) for k in ("host", "port", "public_base_url", "log_level", "data_dir",
+                                                 "database_url", "workers")}
+    return from_environment().with_overrides(**flags)
+
+
+@contextlib.contextmanager
+def database(settings: Settings, *, exclusive: bool = False) -> Iterator[Settings]:
+    """Yield settings with `database_url` resolved: the configured one, or the embedded PostgreSQL's."""
+    if settings.database_url:
+        yield settings
+        return
+    from fhirserver.storage.embedded import exclusive_server_lock
+    from fhirserver.storage.embedded import embedded_postgres
+
+    lock = exclusive_server_lock(settings.data_dir) if exclusive else contextlib.nullcontext()
+    with lock:
+        log.info("starting embedded PostgreSQL in %s", settings.pgdata)
+        with embedded_postgres(settings.data_dir) as uri:
+            yield replace(settings, database_url=uri)
+
+
+def cmd_serve(settings: Settings) -> int:
+    import uvicorn
+
+    from fhirserver.storage.migrate import migrate
+
+    with database(settings, exclusive=True) as resolved:
+        assert resolved.database_url
+        for migration in migrate(resolved.database_url):
+            log.info("applied migration %s", migration.name)
+        log.info("FHIR server at %s (FHIR R4 4.0.1)", resolved.base_url)
+        uv = dict(host=resolved.host, port=resolved.port, log_level=resolved.log_level, access_log=False,
+                  lifespan="on", server_header=False, proxy_headers=True)
+        if resolved.workers > 1:
+            os.environ["DATABASE_URL"] = resolved.database_url
+            for key, value in (("HOST", resolved.host), ("PORT", resolved.port), ("BASE_PATH", resolved.base_path),
+                               ("PUBLIC_BASE_URL", resolved.public_base_url), ("LOG_LEVEL", resolved.log_level)):
+                if value is not None:
+                    os.environ[f"FHIRSERVER_{key}"] = str(value)
+            uvicorn.run("fhirserver.app:create_app", factory=True, workers=resolved.workers, **uv)  # type: ignore[arg-type]
+        else:
+            from fhirserver.app import build_app
+
+            uvicorn.run(build_app(resolved), **uv)  # type: ignore[arg-type]
+    log.info("stopped")
+    return 0
+
+
+def cmd_migrate(settings: Settings, check: bool) -> int:
+    from fhirserver.storage.migrate import migrate, pending
+
+    with database(settings) as resolved:
+        assert resolved.database_url
+        if check:
+            todo = pending(resolved.database_url)
+            for migration in todo:
+                print(f"pending: {migration.name}")
+            print("up to date" if not todo else f"{len(todo)} pending migration(s)")
+            return 1 if todo else 0
+        applied = migrate(resolved.database_url)
+        for migration in applied:
+            print(f"applied: {migration.name}")
+        print("database is up to date" + (f" ({len(applied)} applied)" if applied else ""))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    settings = settings_from(args)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    try:
+        if args.command == "serve":
+            return cmd_serve(settings)
+        if args.command == "migrate":
+            return cmd_migrate(settings, args.check)
+        if args.command == "database-url":
+            with database(settings) as resolved:
+                print(resolved.database_url)
+            return 0
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # a clear one-line message instead of a traceback for operator errors
+        from fhirserver.storage.embedded import DataDirBusy
+
+        if isinstance(exc, DataDirBusy | RuntimeError | OSError):
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        raise
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""The history interaction at instance, type and system level: Bundle type `history`,
+newest first, paged with opaque keyset cursors that stay stable while writes happen."""
+from __future__ import annotations
+
+import base64
+from typing import Any
+from urllib.parse import urlencode
+
+from fhirserver.rest import negotiation as neg
+from fhirserver.rest.context import Context
+from fhirserver.rest.http import Request, Response
+from fhirserver.storage.repository import HistoryQuery, Version
+from resources.meta import check_id, format_instant
+from resources.outcome import BadRequest
+from search.dates import date_range, parse_instant
+
+_STATUS = {"POST": "201 Created", "PUT": "200 OK", "PATCH": "200 OK", "DELETE": "200 OK"}
+_ALLOWED = {"_count", "_since", "_at", "_cursor", "_format", "_pretty", "_summary", "_elements"}
+
+
+def _cursor(direction: str, txid: int) -> str:
+    return base64.urlsafe_b64encode(f"{direction}{txid}".encode()).decode().rstrip("=")
+
+
+def _parse_cursor(value: str) -> tuple[str, int]:
+    try:
+        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode()
+        direction, txid = raw[0], int(raw[1:])
+        if direction not in "ba":
+            raise ValueError(direction)
+        return direction, txid
+    except (ValueError, IndexError, UnicodeDecodeError) as exc:
+        raise BadRequest("_cursor is not a cursor this server issued", expression="_cursor") from exc
+
+
+def _count(ctx: Context, request: Request) -> int:
+    raw = request.param("_count")
+    if raw is None:
+        return ctx.history_page_size
+    if not raw.isdigit():
+        raise BadRequest("_count must be a non-negative integer", expression="_count")
+    return min(int(raw), ctx.history_max_page_size)
+
+
+async def history(ctx: Context, request: Request, res_type: str | None = None, res_id: str | None = None) -> Response:
+    if res_id is not None:
+        check_id(res_id)
+    for name, _ in request.query:
+        if name not in _ALLOWED and (request.header("prefer") or "").find("handling=strict") >= 0:
+            raise BadRequest(f"Unknown history parameter {name!r}", expression=name)
+    since = request.param("_since")
+    at = request.param("_at")
+    cursor = request.param("_cursor")
+    direction, txid = _parse_cursor(cursor) if cursor else ("b", None)
+    query = HistoryQuery(
+        res_type=res_type, res_id=res_id,
+        since=parse_instant(since, param="_since") if since else None,
+        at=date_range(at, param="_at") if at else None,
+        count=max(_count(ctx, request), 1),
+        before_txid=txid if direction == "b" else None,
+        after_txid=txid if direction == "a" else None,
+    )
+    page = await ctx.repository.history(query)
+    if _count(ctx, request) == 0:
+        page = type(page)([], page.has_older or bool(page.versions), page.has_newer)
+    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "history"}
+    path = "/".join(p for p in (res_type, res_id, "_history") if p)
+    keep = [(k, v) for k, v in request.query if k in _ALLOWED and k != "_cursor"]
+
+    def link(relation: str, cursor_value: str | None) -> dict[str, str]:
+        params = keep + ([("_cursor", cursor_value)] if cursor_value else [])
+        return {"relation": relation, "url": ctx.url(path) + ("?" + urlencode(params) if params else "")}
+
+    links = [link("self", cursor)]
+    if page.versions and page.has_newer:
+        links.append(link("previous", _cursor("a", page.versions[0].txid)))
+    if page.versions and page.has_older:
+        links.append(link("next", _cursor("b", page.versions[-1].txid)))
+    bundle["link"] = links
+    bundle["entry"] = [_entry(ctx, request, v) for v in page.versions]
+    if not bundle["entry"]:
+        del bundle["entry"]
+    return Response(200, bundle, {})
+
+
+def _entry(ctx: Context, request: Request, version: Version) -> dict[str, Any]:
+    full_url = ctx.url(version.res_type, version.res_id)
+    entry: dict[str, Any] = {"fullUrl": full_url}
+    if version.resource is not None:
+        entry["resource"] = neg.shape(request, version.resource)
+    url = version.res_type if version.method == "POST" else f"{version.res_type}/{version.res_id}"
+    entry["request"] = {"method": version.method, "url": url}
+    entry["response"] = {"status": _STATUS[version.method] if version.version > 1 or version.method != "PUT"
+                         else "201 Created",
+                         "etag": neg.etag(version.version), "lastModified": format_instant(version.last_updated)}
+    return entry

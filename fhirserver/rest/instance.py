@@ -1,0 +1,152 @@
+"""The instance and type interactions: create, read, vread, update, patch, delete and their
+conditional forms (R4 http.html)."""
+from __future__ import annotations
+
+from typing import Any
+
+from fhirserver.rest import negotiation as neg
+from fhirserver.rest.context import Context
+from fhirserver.rest.http import Request, Response
+from fhirserver.storage.repository import Version, WriteResult
+from resources.jsonio import parse_body
+from resources.meta import check_id
+from resources.outcome import BadRequest, Gone, NotFound, information
+from resources.patch import apply_json_patch
+from resources.validate import validate_resource
+from search.criteria import parse_criteria
+
+
+def _version_headers(ctx: Context, version: Version) -> dict[str, str]:
+    return {"ETag": neg.etag(version.version), "Last-Modified": neg.http_date(version.last_updated)}
+
+
+def _incoming(request: Request, res_type: str) -> dict[str, Any]:
+    """Parse and structurally validate a request body that must be a `res_type` resource."""
+    neg.check_body_type(request)
+    resource = parse_body(request.body)
+    if not isinstance(resource, dict):
+        raise BadRequest("The request body must be a JSON object holding a FHIR resource")
+    if resource.get("resourceType") != res_type:
+        raise BadRequest(f"The body's resourceType {resource.get('resourceType')!r} does not match the URL "
+                         f"type {res_type!r}", expression="resourceType")
+    validate_resource(resource)
+    return resource
+
+
+def _written(ctx: Context, request: Request, result: WriteResult, message: str) -> Response:
+    """The response to a create/update/patch, shaped by `Prefer: return=`."""
+    version = result.version
+    headers = _version_headers(ctx, version)
+    location = ctx.url(version.res_type, version.res_id, "_history", version.version)
+    headers["Location" if result.created else "Content-Location"] = location
+    if result.created:
+        headers["Content-Location"] = location
+    status = 201 if result.created and result.changed else 200
+    prefer = neg.prefer_return(request)
+    if prefer == "minimal":
+        return Response(status, None, headers)
+    if prefer == "OperationOutcome":
+        return Response(status, information(message), headers)
+    return Response(status, version.resource, headers)
+
+
+async def create(ctx: Context, request: Request, res_type: str) -> Response:
+    resource = _incoming(request, res_type)
+    resource.pop("id", None)   # R4: a create ignores any id in the body; the server assigns one
+    condition = request.header("if-none-exist")
+    criteria = parse_criteria(condition) if condition else None
+    result = await ctx.repository.create(res_type, resource, if_none_exist=criteria)
+    if not result.changed:
+        return _written(ctx, request, result, f"{res_type}/{result.version.res_id} already matches If-None-Exist; "
+                                               "nothing was created")
+    return _written(ctx, request, result, f"Created {res_type}/{result.version.res_id}")
+
+
+async def read(ctx: Context, request: Request, res_type: str, res_id: str) -> Response:
+    check_id(res_id)
+    version = await ctx.repository.read(res_type, res_id)
+    return _respond_with_version(ctx, request, version, f"{res_type}/{res_id}")
+
+
+async def vread(ctx: Context, request: Request, res_type: str, res_id: str, vid: str) -> Response:
+    check_id(res_id)
+    if not vid.isdigit():
+        raise NotFound(f"Version {vid[:40]!r} of {res_type}/{res_id} does not exist (versions are numbers)")
+    version = await ctx.repository.vread(res_type, res_id, int(vid))
+    return _respond_with_version(ctx, request, version, f"{res_type}/{res_id}/_history/{vid}")
+
+
+def _respond_with_version(ctx: Context, request: Request, version: Version | None, label: str) -> Response:
+    if version is None:
+        raise NotFound(f"{label} is not known")
+    headers = _version_headers(ctx, version)
+    if version.resource is None:
+        raise Gone(f"{label} has been deleted", headers=headers)
+    if neg.not_modified(request, version.version, version.last_updated):
+        return Response(304, None, headers)
+    return Response(200, neg.shape(request, version.resource), headers)
+
+
+async def update(ctx: Context, request: Request, res_type: str, res_id: str) -> Response:
+    check_id(res_id)
+    resource = _incoming(request, res_type)
+    body_id = resource.get("id")
+    if body_id is None:
+        raise BadRequest("An update must carry the resource id in the body (R4 http.html#update)", expression="id")
+    if body_id != res_id:
+        raise BadRequest(f"The body id {body_id!r} does not match the URL id {res_id!r}", expression="id")
+    result = await ctx.repository.update(res_type, res_id, lambda _current: resource, if_match=neg.if_match(request))
+    return _written(ctx, request, result, f"{'Created' if result.created else 'Updated'} {res_type}/{res_id}")
+
+
+async def conditional_update(ctx: Context, request: Request, res_type: str) -> Response:
+    resource = _incoming(request, res_type)
+    criteria = parse_criteria(request.query_string)
+    body_id = resource.get("id")
+    if body_id is not None:
+        check_id(body_id)
+    result = await ctx.repository.conditional_update(res_type, criteria, lambda _current: resource, body_id)
+    label = f"{res_type}/{result.version.res_id}"
+    return _written(ctx, request, result, f"{'Created' if result.created else 'Updated'} {label}")
+
+
+async def patch(ctx: Context, request: Request, res_type: str, res_id: str) -> Response:
+    check_id(res_id)
+    kind = neg.check_body_type(request, (neg.JSON_PATCH,))
+    assert kind == neg.JSON_PATCH
+    operations = parse_body(request.body)
+
+    def build(current: dict[str, Any] | None) -> dict[str, Any]:
+        assert current is not None
+        patched = apply_json_patch(current, operations)
+        if not isinstance(patched, dict) or patched.get("resourceType") != res_type or patched.get("id") != res_id:
+            raise BadRequest("A patch may not change the resourceType or id", expression="id")
+        validate_resource(patched)
+        return patched
+
+    result = await ctx.repository.update(res_type, res_id, build, if_match=neg.if_match(request),
+                                         method="PATCH", must_exist=True)
+    return _written(ctx, request, result, f"Patched {res_type}/{res_id}")
+
+
+def _deleted(request: Request, version: Version | None, label: str) -> Response:
+    if version is None:
+        return Response(204, None, {})
+    headers = {"ETag": neg.etag(version.version)}
+    if neg.prefer_return(request) == "minimal":
+        return Response(204, None, headers)
+    return Response(200, information(f"Deleted {label}"), headers)
+
+
+async def delete(ctx: Context, request: Request, res_type: str, res_id: str) -> Response:
+    check_id(res_id)
+    version = await ctx.repository.delete(res_type, res_id, if_match=neg.if_match(request))
+    return _deleted(request, version, f"{res_type}/{res_id}")
+
+
+async def conditional_delete(ctx: Context, request: Request, res_type: str) -> Response:
+    criteria = parse_criteria(request.query_string)
+    version = await ctx.repository.conditional_delete(res_type, criteria)
+    if version is None:
+        return Response(200, information("No resource matched the criteria; nothing was deleted", "not-found"), {})
+    return _deleted(request, version, f"{res_type}/{version.res_id}")

@@ -1,0 +1,62 @@
+"""The route table: which interaction a (method, path) pair is (R4 http.html summary table)."""
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from fhirserver.rest import capabilities, history, instance
+from fhirserver.rest.context import Context
+from fhirserver.rest.http import Request, Response
+from resources.outcome import MethodNotAllowed, NotFound
+from resources.types import is_resource_type
+
+Handler = Callable[..., Awaitable[Response]]
+
+# (shape of the path) -> {method: handler}. Shapes: "" base, "metadata", "_history", "T" a type,
+# "T/_history", "T/id", "T/id/_history", "T/id/_history/vid".
+ROUTES: dict[str, dict[str, Handler]] = {
+    "metadata": {"GET": capabilities.metadata},
+    "_history": {"GET": history.history},
+    "T": {"POST": instance.create, "PUT": instance.conditional_update, "DELETE": instance.conditional_delete},
+    "T/_history": {"GET": history.history},
+    "T/id": {"GET": instance.read, "PUT": instance.update, "PATCH": instance.patch, "DELETE": instance.delete},
+    "T/id/_history": {"GET": history.history},
+    "T/id/_history/vid": {"GET": instance.vread},
+}
+
+
+def resolve(segments: list[str]) -> tuple[str, list[str]]:
+    """Return the path shape and the arguments (type, id, vid) it carries."""
+    if not segments:
+        return "", []
+    head = segments[0]
+    if len(segments) == 1 and head in ("metadata", "_history"):
+        return head, []
+    if head.startswith("$") or head.startswith("_"):
+        raise NotFound(f"Unknown system endpoint {head[:64]!r}")
+    if not is_resource_type(head):
+        raise NotFound(f"Unknown resource type {head[:64]!r}", expression=None)
+    rest = segments[1:]
+    if not rest:
+        return "T", [head]
+    if rest == ["_history"]:
+        return "T/_history", [head]
+    if len(rest) == 1:
+        return "T/id", [head, rest[0]]
+    if len(rest) == 2 and rest[1] == "_history":
+        return "T/id/_history", [head, rest[0]]
+    if len(rest) == 3 and rest[1] == "_history":
+        return "T/id/_history/vid", [head, rest[0], rest[2]]
+    raise NotFound(f"No FHIR endpoint at {'/'.join(segments)[:120]!r}")
+
+
+async def dispatch(ctx: Context, request: Request) -> Response:
+    shape, args = resolve(request.segments)
+    methods = ROUTES.get(shape, {})
+    method = "GET" if request.method == "HEAD" else request.method
+    handler = methods.get(method)
+    if handler is None:
+        allowed = ", ".join(sorted(methods)) or "none"
+        where = "the base endpoint" if shape == "" else f"[base]/{'/'.join(request.segments)[:120]}"
+        raise MethodNotAllowed(f"{request.method} is not supported on {where}; allowed: {allowed}",
+                               headers={"Allow": allowed})
+    return await handler(ctx, request, *args)

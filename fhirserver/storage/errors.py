@@ -1,0 +1,30 @@
+"""Map PostgreSQL failures (SQLSTATE) to FHIR errors; nothing internal reaches the client."""
+from __future__ import annotations
+
+import logging
+
+import psycopg
+from psycopg import errors as pg
+
+from resources.outcome import Conflict, FHIRError, ServerError
+
+log = logging.getLogger("fhirserver.storage")
+
+
+class Unavailable(FHIRError):
+    status, code = 503, "transient"
+
+
+RETRYABLE = (pg.SerializationFailure, pg.DeadlockDetected, pg.UniqueViolation)
+
+
+def to_fhir_error(exc: psycopg.Error) -> FHIRError:
+    if isinstance(exc, pg.SerializationFailure | pg.DeadlockDetected | pg.UniqueViolation):
+        return Conflict("The resource was changed concurrently by another request; retry the request")
+    if isinstance(exc, pg.ProgramLimitExceeded | pg.DataException):
+        return Conflict("The database could not store this content")  # e.g. an oversized index value
+    if isinstance(exc, psycopg.OperationalError):
+        log.error("database unavailable: %s", exc)
+        return Unavailable("The database is unavailable; retry later")
+    log.exception("unexpected database error", exc_info=exc)
+    return ServerError("Internal error while accessing the database")

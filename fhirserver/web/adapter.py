@@ -1,0 +1,88 @@
+"""The Starlette adapter: HTTP request in, rest Request through the router, HTTP response out."""
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from urllib.parse import parse_qsl
+
+import orjson
+from starlette.requests import Request as HTTPRequest
+from starlette.responses import Response as HTTPResponse
+
+from fhirserver.rest.context import Context
+from fhirserver.rest.http import Request
+from fhirserver.rest.negotiation import check_accept
+from fhirserver.rest.router import dispatch
+from fhirserver.settings import Settings
+from fhirserver.web.responses import internal_error, render, render_error
+from resources.outcome import BadRequest, FHIRError, MethodNotAllowed, PayloadTooLarge
+
+access_log = logging.getLogger("fhirserver.access")
+MAX_QUERY_BYTES = 8192
+
+
+async def _read_body(request: HTTPRequest, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise BadRequest("Content-Length must be a number")
+        if int(declared) > limit:
+            raise PayloadTooLarge(f"The request body is {declared} bytes; the limit is {limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"The request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _to_rest(request: HTTPRequest, body: bytes) -> Request:
+    raw_query = request.scope.get("query_string", b"")
+    if len(raw_query) > MAX_QUERY_BYTES:
+        raise BadRequest(f"The query string is longer than {MAX_QUERY_BYTES} bytes")
+    try:
+        query = tuple(parse_qsl(raw_query.decode("utf-8"), keep_blank_values=True, errors="strict"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise BadRequest("The query string is not valid UTF-8 percent-encoding") from exc
+    path = request.path_params.get("path", "")
+    return Request(method=request.method, path=path.strip("/"), query=query,
+                   headers={k.lower(): v for k, v in request.headers.items()}, body=body)
+
+
+def make_endpoint(settings: Settings, context: Callable[[], Context]) -> Callable[[HTTPRequest], Awaitable[HTTPResponse]]:
+    """The one endpoint under the FHIR base; every error leaves it as an OperationOutcome."""
+
+    async def fhir_endpoint(http_request: HTTPRequest) -> HTTPResponse:
+        started = time.perf_counter()
+        request: Request | None = None
+        try:
+            if http_request.method == "OPTIONS":
+                raise MethodNotAllowed("OPTIONS is not supported; see GET [base]/metadata")
+            body = await _read_body(http_request, settings.max_body_bytes)
+            request = _to_rest(http_request, body)
+            check_accept(request)
+            response = render(await dispatch(context(), request), request, head=http_request.method == "HEAD")
+        except FHIRError as error:
+            response = render_error(error, request)
+        except Exception as exc:  # the one place unexpected failures become a 500 OperationOutcome
+            response = internal_error(exc, request)
+        _log(http_request, response.status_code, started)
+        return response
+
+    return fhir_endpoint
+
+
+def _log(http_request: HTTPRequest, status: int, started: float) -> None:
+    if not access_log.isEnabledFor(logging.INFO):
+        return
+    client = http_request.client.host if http_request.client else None
+    access_log.info(orjson.dumps({
+        "request_id": http_request.headers.get("x-request-id") or uuid.uuid4().hex[:16],
+        "method": http_request.method, "path": http_request.url.path, "query": http_request.url.query or None,
+        "status": status, "ms": round((time.perf_counter() - started) * 1000, 2), "client": client,
+    }).decode())
+
+

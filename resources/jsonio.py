@@ -1,0 +1,51 @@
+"""FHIR JSON in and out, fast (orjson) and faithful to decimal precision.
+
+R4 says the precision of a decimal is significant (`1.50` is not `1.5`). orjson reads
+numbers as floats, so text holding a number whose form a float would lose (trailing
+fraction zeros, exponents, 16+ digits) takes a slower path that keeps it as Decimal;
+`dumps` writes Decimals back verbatim.
+"""
+from __future__ import annotations
+
+import json
+import re
+from decimal import Decimal
+from typing import Any
+
+import orjson
+
+from resources.outcome import BadRequest
+
+_LOSSY_NUMBER = re.compile(rb"\d\.\d*0(?![\d])|\d[eE][+-]?\d|\d{16,}")
+
+
+def _default(obj: Any) -> Any:
+    if isinstance(obj, Decimal):
+        return orjson.Fragment(str(obj))
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+def loads(data: bytes | str) -> Any:
+    """Parse JSON; raises ValueError (orjson.JSONDecodeError) on malformed input."""
+    raw = data.encode() if isinstance(data, str) else data
+    if _LOSSY_NUMBER.search(raw):
+        return json.loads(raw, parse_float=Decimal, parse_constant=_reject_constant)
+    return orjson.loads(raw)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def dumps(obj: Any, *, pretty: bool = False) -> bytes:
+    return orjson.dumps(obj, default=_default, option=orjson.OPT_INDENT_2 if pretty else 0)
+
+
+def parse_body(data: bytes) -> Any:
+    """Parse a request body, turning every JSON error into a 400 OperationOutcome."""
+    if not data.strip():
+        raise BadRequest("The request body is empty; a JSON resource was expected")
+    try:
+        return loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise BadRequest(f"The request body is not valid JSON: {str(exc)[:200]}") from exc

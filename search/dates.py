@@ -1,0 +1,59 @@
+"""FHIR date, dateTime and instant values as half-open [low, high) UTC ranges by precision.
+
+`2020` covers the whole year, `2020-03-04T10:00` the whole minute, and so on (R4 search.html#date).
+A value without a time zone is read as UTC.
+"""
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta, timezone
+
+from resources.outcome import BadRequest
+
+_DATE = re.compile(
+    r"(?P<y>\d{4})(?:-(?P<m>\d{2})(?:-(?P<d>\d{2})"
+    r"(?:T(?P<H>\d{2}):(?P<M>\d{2})(?::(?P<S>\d{2})(?P<f>\.\d+)?)?(?P<tz>Z|[+-]\d{2}:\d{2})?)?)?)?"
+)
+
+
+def _add_months(moment: datetime, months: int) -> datetime:
+    year, month = divmod(moment.month - 1 + months, 12)
+    return moment.replace(year=moment.year + year, month=month + 1)
+
+
+def date_range(value: str, *, param: str = "date") -> tuple[datetime, datetime]:
+    """Return [low, high) for a FHIR date/dateTime/instant of any precision."""
+    match = _DATE.fullmatch(value.strip())
+    if not match:
+        raise BadRequest(f"{param}: {value!r} is not a valid FHIR date or dateTime", expression=param)
+    g = match.groupdict()
+    try:
+        tz: timezone = UTC
+        if g["tz"] and g["tz"] != "Z":
+            sign = 1 if g["tz"][0] == "+" else -1
+            hours, minutes = int(g["tz"][1:3]), int(g["tz"][4:6])
+            tz = timezone(timedelta(minutes=sign * (hours * 60 + minutes)))
+        micro = int(round(float(g["f"]) * 1_000_000)) if g["f"] else 0
+        low = datetime(int(g["y"]), int(g["m"] or 1), int(g["d"] or 1), int(g["H"] or 0), int(g["M"] or 0),
+                       int(g["S"] or 0), min(micro, 999_999), tzinfo=tz)
+    except ValueError as exc:
+        raise BadRequest(f"{param}: {value!r} is not a valid date ({exc})", expression=param) from exc
+    if g["f"]:
+        step = timedelta(microseconds=10 ** (6 - min(len(g["f"]) - 1, 6)))
+        high = low + step
+    elif g["S"]:
+        high = low + timedelta(seconds=1)
+    elif g["M"]:
+        high = low + timedelta(minutes=1)
+    elif g["d"]:
+        high = low + timedelta(days=1)
+    elif g["m"]:
+        high = _add_months(low, 1)
+    else:
+        high = low.replace(year=low.year + 1)
+    return low.astimezone(UTC), high.astimezone(UTC)
+
+
+def parse_instant(value: str, *, param: str) -> datetime:
+    """The start of a date/dateTime/instant (for `_since`)."""
+    return date_range(value, param=param)[0]
