@@ -65,8 +65,7 @@ def database(settings: Settings, *, exclusive: bool = False) -> Iterator[Setting
     if settings.database_url:
         yield settings
         return
-    from fhirserver.storage.embedded import exclusive_server_lock
-    from fhirserver.storage.embedded import embedded_postgres
+    from fhirserver.storage.embedded import embedded_postgres, exclusive_server_lock
 
     lock = exclusive_server_lock(settings.data_dir) if exclusive else contextlib.nullcontext()
     with lock:

@@ -102,3 +102,9 @@ def select_elements(resource: dict[str, Any], elements: list[str]) -> dict[str, 
         if any(base.startswith(n) and base[len(n):][:1].isupper() for n in names):
             out[key] = value
     return _mark_subsetted(out)
+
+
+def has_element(res_type: str, name: str) -> bool:
+    """Whether `res_type` has a top-level element `name` in its summary or mandatory set."""
+    data = _element_data().get(res_type)
+    return data is not None and (name in data["summary"] or name in data["mandatory"])

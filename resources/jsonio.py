@@ -16,7 +16,8 @@ import orjson
 
 from resources.outcome import BadRequest
 
-_LOSSY_NUMBER = re.compile(rb"\d\.\d*0(?![\d])|\d[eE][+-]?\d|\d{16,}")
+# A number (after `:`, `[` or `,`) with a trailing fraction zero, an exponent, or 16+ digits.
+_LOSSY_NUMBER = re.compile(rb"[:\[,]\s*-?(?:\d+\.\d*0\s*[,\]}]|\d+(?:\.\d+)?[eE]|\d{16,}|[\d.]{17,})")
 
 
 def _default(obj: Any) -> Any:
@@ -29,8 +30,13 @@ def loads(data: bytes | str) -> Any:
     """Parse JSON; raises ValueError (orjson.JSONDecodeError) on malformed input."""
     raw = data.encode() if isinstance(data, str) else data
     if _LOSSY_NUMBER.search(raw):
-        return json.loads(raw, parse_float=Decimal, parse_constant=_reject_constant)
+        return json.loads(raw, parse_float=Decimal, parse_int=_parse_int, parse_constant=_reject_constant)
     return orjson.loads(raw)
+
+
+def _parse_int(text: str) -> int | Decimal:
+    value = int(text)
+    return value if -(2**63) <= value < 2**64 else Decimal(text)  # orjson writes only 64-bit ints
 
 
 def _reject_constant(name: str) -> Any:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from resources.outcome import BadRequest
@@ -24,7 +24,7 @@ def check_id(value: str, expression: str = "id") -> str:
 
 def format_instant(moment: datetime) -> str:
     """An R4 instant with millisecond precision and an explicit offset."""
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def stamp(resource: dict[str, Any], *, res_id: str, version: int, last_updated: datetime) -> dict[str, Any]:

@@ -19,7 +19,7 @@ def apply_json_patch(resource: dict[str, Any], operations: Any) -> dict[str, Any
             raise BadRequest(f"JSON Patch operation {index} needs string 'op' and 'path' members")
     try:
         patch = jsonpatch.JsonPatch(operations)
-        return patch.apply(resource, in_place=False)  # type: ignore[no-any-return]
+        return patch.apply(resource, in_place=False)
     except jsonpatch.JsonPatchTestFailed as exc:
         raise Unprocessable(f"JSON Patch test failed: {exc}") from exc
     except (jsonpatch.JsonPatchConflict, jsonpointer.JsonPointerException) as exc:

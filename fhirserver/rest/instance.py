@@ -20,8 +20,9 @@ def _version_headers(ctx: Context, version: Version) -> dict[str, str]:
     return {"ETag": neg.etag(version.version), "Last-Modified": neg.http_date(version.last_updated)}
 
 
-def _incoming(request: Request, res_type: str) -> dict[str, Any]:
-    """Parse and structurally validate a request body that must be a `res_type` resource."""
+def _incoming(request: Request, res_type: str, *, ignore_id: bool = False) -> dict[str, Any]:
+    """Parse and structurally validate a request body that must be a `res_type` resource.
+    A create ignores any id in the body (R4 http.html#create), so it is dropped before validation."""
     neg.check_body_type(request)
     resource = parse_body(request.body)
     if not isinstance(resource, dict):
@@ -29,6 +30,9 @@ def _incoming(request: Request, res_type: str) -> dict[str, Any]:
     if resource.get("resourceType") != res_type:
         raise BadRequest(f"The body's resourceType {resource.get('resourceType')!r} does not match the URL "
                          f"type {res_type!r}", expression="resourceType")
+    if ignore_id:
+        resource.pop("id", None)
+        resource.pop("_id", None)
     validate_resource(resource)
     return resource
 
@@ -51,8 +55,7 @@ def _written(ctx: Context, request: Request, result: WriteResult, message: str) 
 
 
 async def create(ctx: Context, request: Request, res_type: str) -> Response:
-    resource = _incoming(request, res_type)
-    resource.pop("id", None)   # R4: a create ignores any id in the body; the server assigns one
+    resource = _incoming(request, res_type, ignore_id=True)
     condition = request.header("if-none-exist")
     criteria = parse_criteria(condition) if condition else None
     result = await ctx.repository.create(res_type, resource, if_none_exist=criteria)

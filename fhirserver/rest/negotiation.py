@@ -3,7 +3,7 @@ ETags, conditional-read headers, `_format`, `_pretty`, `_summary`, `_elements`."
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
 from typing import Any
 
@@ -77,7 +77,7 @@ def if_match(request: Request) -> int | None:
 
 
 def http_date(moment: datetime) -> str:
-    return format_datetime(moment, usegmt=True)
+    return format_datetime(moment.astimezone(UTC), usegmt=True)
 
 
 def not_modified(request: Request, version: int, last_updated: datetime) -> bool:

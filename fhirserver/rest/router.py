@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from fhirserver.rest import capabilities, history, instance
+from fhirserver.rest import capabilities, history, instance, search
 from fhirserver.rest.context import Context
 from fhirserver.rest.http import Request, Response
 from resources.outcome import MethodNotAllowed, NotFound
@@ -12,12 +12,14 @@ from resources.types import is_resource_type
 Handler = Callable[..., Awaitable[Response]]
 
 # (shape of the path) -> {method: handler}. Shapes: "" base, "metadata", "_history", "T" a type,
-# "T/_history", "T/id", "T/id/_history", "T/id/_history/vid".
+# "T/_history", "T/_search", "T/id", "T/id/_history", "T/id/_history/vid".
 ROUTES: dict[str, dict[str, Handler]] = {
     "metadata": {"GET": capabilities.metadata},
     "_history": {"GET": history.history},
-    "T": {"POST": instance.create, "PUT": instance.conditional_update, "DELETE": instance.conditional_delete},
+    "T": {"GET": search.search_type, "POST": instance.create, "PUT": instance.conditional_update,
+          "DELETE": instance.conditional_delete},
     "T/_history": {"GET": history.history},
+    "T/_search": {"POST": search.search_type},
     "T/id": {"GET": instance.read, "PUT": instance.update, "PATCH": instance.patch, "DELETE": instance.delete},
     "T/id/_history": {"GET": history.history},
     "T/id/_history/vid": {"GET": instance.vread},
@@ -40,6 +42,8 @@ def resolve(segments: list[str]) -> tuple[str, list[str]]:
         return "T", [head]
     if rest == ["_history"]:
         return "T/_history", [head]
+    if rest == ["_search"]:
+        return "T/_search", [head]
     if len(rest) == 1:
         return "T/id", [head, rest[0]]
     if len(rest) == 2 and rest[1] == "_history":

@@ -176,7 +176,7 @@ class Repository:
                 return None
             return await self._append(conn, res_type, res_id, current.version + 1, None, "DELETE")
 
-        return await self._run(work)  # type: ignore[no-any-return]
+        return await self._run(work)
 
     async def conditional_delete(self, res_type: str, criteria: Criteria) -> Version | None:
         async def work(conn: psycopg.AsyncConnection) -> Version | None:
@@ -190,12 +190,13 @@ class Repository:
             assert current is not None
             return await self._append(conn, res_type, matches[0], current.version + 1, None, "DELETE")
 
-        return await self._run(work)  # type: ignore[no-any-return]
+        return await self._run(work)
 
     # ---- history ---------------------------------------------------------------------------
 
     async def history(self, query: HistoryQuery) -> HistoryPage:
-        where, params = [], []
+        where: list[str] = []
+        params: list[Any] = []
         if query.res_type:
             where.append("h.res_type = %s")
             params.append(query.res_type)
@@ -296,6 +297,23 @@ class Repository:
                            (f"{res_type}?{criteria.canonical()}",))
         return await _find(conn, res_type, criteria)
 
+    async def search(self, res_type: str, criteria: Criteria | None, *, count: int,
+                     after_id: str | None = None) -> tuple[list[Version], bool]:
+        """Current resources matching `criteria`, ordered by id (keyset paging); and whether more follow."""
+        where, params = _criteria_sql(res_type, criteria or Criteria())
+        if after_id is not None:
+            where.append("res_id > %s")
+            params.append(after_id)
+        sql = (f"SELECT {_COLUMNS} FROM resource WHERE {' AND '.join(where)}"  # noqa: S608
+               " ORDER BY res_id LIMIT %s")
+        try:
+            async with self.pool.connection() as conn:
+                cur = await conn.execute(sql, [*params, count + 1])
+                rows = await cur.fetchall()
+        except psycopg.Error as exc:
+            raise to_fhir_error(exc) from exc
+        return [Version(*row) for row in rows[:count]], len(rows) > count
+
     async def find(self, res_type: str, criteria: Criteria) -> list[str]:
         try:
             async with self.pool.connection() as conn:
@@ -311,6 +329,14 @@ def _mismatch(res_type: str, res_id: str, wanted: int, current: Version | None) 
 
 
 async def _find(conn: psycopg.AsyncConnection, res_type: str, criteria: Criteria) -> list[str]:
+    where, params = _criteria_sql(res_type, criteria)
+    cur = await conn.execute(f"SELECT res_id FROM resource WHERE {' AND '.join(where)} LIMIT 2",  # noqa: S608
+                             params)
+    return [row[0] for row in await cur.fetchall()]
+
+
+def _criteria_sql(res_type: str, criteria: Criteria) -> tuple[list[str], list[Any]]:
+    """WHERE clauses (ANDed) and parameters selecting live resources that match `criteria`."""
     where = ["res_type = %s", "NOT deleted"]
     params: list[Any] = [res_type]
     for ids in criteria.ids:
@@ -332,6 +358,4 @@ async def _find(conn: psycopg.AsyncConnection, res_type: str, criteria: Criteria
                 params[-2:] = [token.code]
             alternatives.append(test)
         where.append("(" + " OR ".join(alternatives) + ")")
-    cur = await conn.execute(f"SELECT res_id FROM resource WHERE {' AND '.join(where)} LIMIT 2",  # noqa: S608
-                             params)
-    return [row[0] for row in await cur.fetchall()]
+    return where, params

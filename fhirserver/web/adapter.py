@@ -52,7 +52,10 @@ def _to_rest(request: HTTPRequest, body: bytes) -> Request:
                    headers={k.lower(): v for k, v in request.headers.items()}, body=body)
 
 
-def make_endpoint(settings: Settings, context: Callable[[], Context]) -> Callable[[HTTPRequest], Awaitable[HTTPResponse]]:
+Endpoint = Callable[[HTTPRequest], Awaitable[HTTPResponse]]
+
+
+def make_endpoint(settings: Settings, context: Callable[[], Context]) -> Endpoint:
     """The one endpoint under the FHIR base; every error leaves it as an OperationOutcome."""
 
     async def fhir_endpoint(http_request: HTTPRequest) -> HTTPResponse:

@@ -1,0 +1,116 @@
+"""Test fixtures: a real PostgreSQL (DATABASE_URL or the embedded one) and a live server over HTTP."""
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+import psycopg
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+FHIR_R4 = SHARED / "fhir-r4"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + name))
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A fresh, empty database for this test session."""
+    external = os.environ.get("DATABASE_URL")
+    if external:
+        name = "fhirtest_" + secrets.token_hex(4)
+        with psycopg.connect(external, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield _with_database(external, name)
+        finally:
+            with psycopg.connect(external, autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        return
+    from fhirserver.storage.embedded import embedded_postgres
+
+    with embedded_postgres(tmp_path_factory.mktemp("pg")) as uri:
+        yield uri
+
+
+class LiveServer:
+    def __init__(self, process: subprocess.Popen[bytes], port: int, log: Path) -> None:
+        self.process, self.port, self.log = process, port, log
+        self.base_url = f"http://127.0.0.1:{port}/fhir"
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        return int(self.process.returncode)
+
+
+def start_server(args: list[str], log: Path, env: dict[str, str] | None = None, timeout: float = 60) -> LiveServer:
+    """Run `fhirserver serve ARGS` in a subprocess and wait until /metadata answers."""
+    port = free_port()
+    out = log.open("wb")
+    environment = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    environment.update(env or {})
+    process = subprocess.Popen([sys.executable, "-m", "fhirserver.cli", "serve", "--port", str(port), *args],
+                               stdout=out, stderr=subprocess.STDOUT, env=environment)
+    server = LiveServer(process, port, log)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{log.read_text()}")
+        try:
+            if httpx.get(server.base_url + "/metadata", timeout=2).status_code == 200:
+                return server
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    server.stop()
+    raise RuntimeError(f"server did not start within {timeout}s:\n{log.read_text()}")
+
+
+@pytest.fixture(scope="session")
+def server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    live = start_server(["--database-url", database_url, "--log-level", "warning"], log)
+    yield live
+    live.stop()
+
+
+@pytest.fixture(scope="session")
+def base_url(server: LiveServer) -> str:
+    return server.base_url
+
+
+@pytest.fixture()
+def client(base_url: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=base_url, timeout=30, headers={"Accept": "application/fhir+json"}) as http:
+        yield http
+
+
+@pytest.fixture()
+def db(database_url: str) -> Iterator[psycopg.Connection]:
+    """Direct database access, for asserting what was (not) written."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        yield conn
