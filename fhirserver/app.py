@@ -17,6 +17,7 @@ from fhirserver.storage.repository import Repository
 from fhirserver.web.adapter import make_endpoint
 from fhirserver.web.responses import internal_error, render_error
 from resources.outcome import MethodNotAllowed, NotFound
+from resources.validate import warm_up
 
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
@@ -27,6 +28,7 @@ def build_app(settings: Settings) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         assert settings.database_url, "the CLI resolves the database before starting the app"
+        warm_up()  # build the validator tables now, not on the first request
         pool = await open_pool(settings.database_url, min_size=settings.pool_min, max_size=settings.pool_max)
         state["ctx"] = Context(Repository(pool), settings.base_url, settings.history_page_size,
                                settings.history_max_page_size)

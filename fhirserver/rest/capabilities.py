@@ -46,6 +46,7 @@ def statement(base_url: str) -> dict:
 
 
 async def metadata(ctx: Context, request: Request) -> Response:
-    if ctx.capability_statement is None:
-        ctx.capability_statement = statement(ctx.base_url)
-    return Response(200, ctx.capability_statement, {})
+    cached = ctx.capability_statements.get(ctx.base_url)
+    if cached is None:
+        cached = ctx.capability_statements[ctx.base_url] = statement(ctx.base_url)
+    return Response(200, cached, {})

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -20,6 +21,7 @@ from fhirserver.web.responses import internal_error, render, render_error
 from resources.outcome import BadRequest, FHIRError, MethodNotAllowed, PayloadTooLarge
 
 access_log = logging.getLogger("fhirserver.access")
+_HOST = re.compile(r"[A-Za-z0-9.\-]{1,253}(:\d{1,5})?|\[[0-9A-Fa-f:.]{2,45}\](:\d{1,5})?")
 MAX_QUERY_BYTES = 8192
 
 
@@ -37,6 +39,14 @@ async def _read_body(request: HTTPRequest, limit: int) -> bytes:
             raise PayloadTooLarge(f"The request body exceeds the limit of {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _request_base_url(request: HTTPRequest, settings: Settings) -> str:
+    """Without a configured public base URL, links follow the Host the client used (if well-formed)."""
+    host = request.headers.get("host", "")
+    if not _HOST.fullmatch(host):
+        return settings.base_url
+    return f"{request.url.scheme}://{host}{settings.base_path}"
 
 
 def _to_rest(request: HTTPRequest, body: bytes) -> Request:
@@ -67,7 +77,10 @@ def make_endpoint(settings: Settings, context: Callable[[], Context]) -> Endpoin
             body = await _read_body(http_request, settings.max_body_bytes)
             request = _to_rest(http_request, body)
             check_accept(request)
-            response = render(await dispatch(context(), request), request, head=http_request.method == "HEAD")
+            ctx = context()
+            if not settings.public_base_url:
+                ctx = ctx.at(_request_base_url(http_request, settings))
+            response = render(await dispatch(ctx, request), request, head=http_request.method == "HEAD")
         except FHIRError as error:
             response = render_error(error, request)
         except Exception as exc:  # the one place unexpected failures become a 500 OperationOutcome
