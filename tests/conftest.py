@@ -15,9 +15,7 @@ import httpx
 import psycopg
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-FHIR_R4 = SHARED / "fhir-r4"
+from tests.paths import FHIR_R4, REPO, SHARED  # noqa: F401  (re-exported for test modules)
 
 
 def free_port() -> int:

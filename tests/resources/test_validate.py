@@ -4,7 +4,6 @@ from __future__ import annotations
 import copy
 import time
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -15,8 +14,9 @@ from hypothesis import strategies as st
 from resources.outcome import InvalidResource
 from resources.types import RESOURCE_TYPES, effective_schema, is_resource_type, load_schema
 from resources.validate import MAX_ISSUES, jsonschema_validator, validate_resource
+from tests.paths import FHIR_R4
 
-EXAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "fhir-r4" / "examples"
+EXAMPLES = FHIR_R4 / "examples"
 
 # The two published R4 examples that break the official schema (shared/fhir-r4/README.md, section 4).
 KNOWN_BAD = {
