@@ -5,6 +5,7 @@ import argparse
 import contextlib
 import logging
 import os
+import signal
 import sys
 from collections.abc import Iterator
 from dataclasses import replace
@@ -74,8 +75,17 @@ def database(settings: Settings, *, exclusive: bool = False) -> Iterator[Setting
             yield replace(settings, database_url=uri)
 
 
+def _terminate_like_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def cmd_serve(settings: Settings) -> int:
     import uvicorn
+
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal with the previous handler.
+    # With the default handler that kills the process before the embedded PostgreSQL is stopped;
+    # as an interrupt it unwinds normally through the `with database(...)` below.
+    signal.signal(signal.SIGTERM, _terminate_like_interrupt)
 
     from fhirserver.storage.migrate import migrate
 
