@@ -8,7 +8,6 @@ The CapabilityStatement builder is tested here too, against the official R4 JSON
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,8 +15,9 @@ import pytest
 from conformance.capability import build_capability_statement
 from conformance.checks import CHECKS, Check, CheckSkipped
 from conformance.client import Client
+from tests.paths import FHIR_R4
 
-R4_SCHEMA = Path(__file__).resolve().parents[2] / "shared" / "fhir-r4" / "fhir.schema.json"
+R4_SCHEMA = FHIR_R4 / "fhir.schema.json"
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +58,6 @@ def _statement(**overrides: Any) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def r4_validator() -> Any:
     jsonschema = pytest.importorskip("jsonschema")
-    if not R4_SCHEMA.exists():
-        pytest.skip(f"{R4_SCHEMA} not found")
     definitions = json.loads(R4_SCHEMA.read_text())["definitions"]
     return jsonschema.Draft6Validator({"$ref": "#/definitions/CapabilityStatement", "definitions": definitions})
 
