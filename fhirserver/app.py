@@ -16,7 +16,7 @@ from fhirserver.storage.database import open_pool
 from fhirserver.storage.repository import Repository
 from fhirserver.web.adapter import make_endpoint
 from fhirserver.web.responses import internal_error, render_error
-from resources.outcome import MethodNotAllowed, NotFound
+from resources.outcome import BadRequest, MethodNotAllowed, NotFound
 from resources.validate import warm_up
 
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
@@ -39,6 +39,8 @@ def build_app(settings: Settings) -> Starlette:
 
     async def not_found(http_request: HTTPRequest, exc: Exception) -> HTTPResponse:
         status = exc.status_code if isinstance(exc, HTTPException) else 404
+        if any(ord(c) < 0x20 or c == "\x7f" for c in http_request.scope.get("path", "")):
+            return render_error(BadRequest("The URL path contains control characters"))
         if status == 405:
             return render_error(MethodNotAllowed(f"{http_request.method} is not supported here"))
         return render_error(NotFound(f"No FHIR endpoint at {http_request.url.path[:120]!r}; "

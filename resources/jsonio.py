@@ -29,9 +29,10 @@ def _default(obj: Any) -> Any:
 def loads(data: bytes | str) -> Any:
     """Parse JSON; raises ValueError (orjson.JSONDecodeError) on malformed input."""
     raw = data.encode() if isinstance(data, str) else data
+    parsed = orjson.loads(raw)   # strict: rejects invalid UTF-8, lone surrogates, NaN, over-deep nesting
     if _LOSSY_NUMBER.search(raw):
         return json.loads(raw, parse_float=Decimal, parse_int=_parse_int, parse_constant=_reject_constant)
-    return orjson.loads(raw)
+    return parsed
 
 
 def _parse_int(text: str) -> int | Decimal:

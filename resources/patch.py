@@ -24,5 +24,7 @@ def apply_json_patch(resource: dict[str, Any], operations: Any) -> dict[str, Any
         raise Unprocessable(f"JSON Patch test failed: {exc}") from exc
     except (jsonpatch.JsonPatchConflict, jsonpointer.JsonPointerException) as exc:
         raise Unprocessable(f"JSON Patch could not be applied: {exc}") from exc
+    except RecursionError as exc:
+        raise BadRequest("The JSON Patch document is nested too deeply") from exc
     except (jsonpatch.InvalidJsonPatch, TypeError, ValueError, KeyError) as exc:
         raise BadRequest(f"Invalid JSON Patch document: {exc}") from exc

@@ -38,20 +38,37 @@ def date_range(value: str, *, param: str = "date") -> tuple[datetime, datetime]:
                        int(g["S"] or 0), min(micro, 999_999), tzinfo=tz)
     except ValueError as exc:
         raise BadRequest(f"{param}: {value!r} is not a valid date ({exc})", expression=param) from exc
+    try:
+        high = _upper(low, g)
+    except (OverflowError, ValueError):
+        high = MAX
+    return _utc(low), _utc(high)
+
+
+MIN = datetime.min.replace(tzinfo=UTC)
+MAX = datetime.max.replace(tzinfo=UTC)
+
+
+def _utc(moment: datetime) -> datetime:
+    """To UTC, clamped at the ends of the representable range (year 1 and year 9999)."""
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        return MIN if moment.year == 1 else MAX
+
+
+def _upper(low: datetime, g: dict[str, str | None]) -> datetime:
     if g["f"]:
-        step = timedelta(microseconds=10 ** (6 - min(len(g["f"]) - 1, 6)))
-        high = low + step
-    elif g["S"]:
-        high = low + timedelta(seconds=1)
-    elif g["M"]:
-        high = low + timedelta(minutes=1)
-    elif g["d"]:
-        high = low + timedelta(days=1)
-    elif g["m"]:
-        high = _add_months(low, 1)
-    else:
-        high = low.replace(year=low.year + 1)
-    return low.astimezone(UTC), high.astimezone(UTC)
+        return low + timedelta(microseconds=10 ** (6 - min(len(g["f"]) - 1, 6)))
+    if g["S"]:
+        return low + timedelta(seconds=1)
+    if g["M"]:
+        return low + timedelta(minutes=1)
+    if g["d"]:
+        return low + timedelta(days=1)
+    if g["m"]:
+        return _add_months(low, 1)
+    return low.replace(year=low.year + 1)
 
 
 def parse_instant(value: str, *, param: str) -> datetime:

@@ -37,9 +37,7 @@ def _count(ctx: Context, request: Request) -> int:
     raw = request.param("_count")
     if raw is None:
         return ctx.history_page_size
-    if not raw.isdigit():
-        raise BadRequest("_count must be a non-negative integer", expression="_count")
-    return min(int(raw), ctx.history_max_page_size)
+    return neg.parse_count(raw, "_count", ctx.history_max_page_size)
 
 
 async def history(ctx: Context, request: Request, res_type: str | None = None, res_id: str | None = None) -> Response:

@@ -2,6 +2,7 @@
 conditional forms (R4 http.html)."""
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from fhirserver.rest import negotiation as neg
@@ -73,7 +74,7 @@ async def read(ctx: Context, request: Request, res_type: str, res_id: str) -> Re
 
 async def vread(ctx: Context, request: Request, res_type: str, res_id: str, vid: str) -> Response:
     check_id(res_id)
-    if not vid.isdigit():
+    if not re.fullmatch(r"[0-9]{1,9}", vid):
         raise NotFound(f"Version {vid[:40]!r} of {res_type}/{res_id} does not exist (versions are numbers)")
     version = await ctx.repository.vread(res_type, res_id, int(vid))
     return _respond_with_version(ctx, request, version, f"{res_type}/{res_id}/_history/{vid}")

@@ -51,6 +51,18 @@ def check_accept(request: Request) -> None:
     raise NotAcceptable(f"Cannot produce any of {accept!r}; this server responds with {FHIR_JSON}")
 
 
+_INTEGER = re.compile(r"[0-9]{1,9}")
+
+
+def parse_count(value: str, name: str, maximum: int) -> int:
+    """A non-negative integer parameter (ASCII digits only), capped at `maximum`."""
+    if not _INTEGER.fullmatch(value):
+        if value.isascii() and value.isdigit():
+            return maximum     # absurdly large: the cap applies
+        raise BadRequest(f"{name} must be a non-negative integer (got {value[:20]!r})", expression=name)
+    return min(int(value), maximum)
+
+
 def prefer_return(request: Request) -> str:
     prefer = request.header("prefer") or ""
     match = re.search(r"return\s*=\s*\"?(minimal|representation|OperationOutcome)", prefer, re.IGNORECASE)

@@ -45,9 +45,7 @@ async def search_type(ctx: Context, request: Request, res_type: str) -> Response
     cursor: str | None = None
     for name, value in params:
         if name == "_count":
-            if not value.isdigit():
-                raise BadRequest("_count must be a non-negative integer", expression="_count")
-            count = min(int(value), ctx.history_max_page_size)
+            count = neg.parse_count(value, "_count", ctx.history_max_page_size)
         elif name == "_cursor":
             cursor = value
     after = _decode(cursor) if cursor else None

@@ -6,7 +6,7 @@ import logging
 import psycopg
 from psycopg import errors as pg
 
-from resources.outcome import Conflict, FHIRError, ServerError
+from resources.outcome import BadRequest, Conflict, FHIRError, ServerError
 
 log = logging.getLogger("fhirserver.storage")
 
@@ -21,8 +21,10 @@ RETRYABLE = (pg.SerializationFailure, pg.DeadlockDetected, pg.UniqueViolation)
 def to_fhir_error(exc: psycopg.Error) -> FHIRError:
     if isinstance(exc, pg.SerializationFailure | pg.DeadlockDetected | pg.UniqueViolation):
         return Conflict("The resource was changed concurrently by another request; retry the request")
-    if isinstance(exc, pg.ProgramLimitExceeded | pg.DataException):
-        return Conflict("The database could not store this content")  # e.g. an oversized index value
+    if isinstance(exc, pg.ProgramLimitExceeded):
+        return BadRequest("A value is too large for the database to index; shorten it")
+    if isinstance(exc, pg.DataException | psycopg.DataError):
+        return BadRequest("The request holds data the database cannot accept (e.g. a NUL character)")
     if isinstance(exc, psycopg.OperationalError):
         log.error("database unavailable: %s", exc)
         return Unavailable("The database is unavailable; retry later")

@@ -28,7 +28,7 @@ MAX_QUERY_BYTES = 8192
 async def _read_body(request: HTTPRequest, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.isdigit():
+        if not declared.isascii() or not declared.isdigit() or len(declared) > 15:
             raise BadRequest("Content-Length must be a number")
         if int(declared) > limit:
             raise PayloadTooLarge(f"The request body is {declared} bytes; the limit is {limit}")
@@ -57,6 +57,11 @@ def _to_rest(request: HTTPRequest, body: bytes) -> Request:
         query = tuple(parse_qsl(raw_query.decode("utf-8"), keep_blank_values=True, errors="strict"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise BadRequest("The query string is not valid UTF-8 percent-encoding") from exc
+    if any(ord(c) < 0x20 or c == "\x7f" for name, value in query for c in name + value):
+        raise BadRequest("The query string contains control characters")
+    raw_path = request.scope.get("path", "")
+    if any(ord(c) < 0x20 or c == "\x7f" for c in raw_path):
+        raise BadRequest("The URL path contains control characters")
     path = request.path_params.get("path", "")
     return Request(method=request.method, path=path.strip("/"), query=query,
                    headers={k.lower(): v for k, v in request.headers.items()}, body=body)

@@ -33,8 +33,24 @@ def render(response: Response, request: Request, head: bool = False) -> HTTPResp
 
 
 def render_error(error: FHIRError, request: Request | None = None) -> HTTPResponse:
-    body = dumps(error.to_outcome(), pretty=_pretty(request))
+    outcome = error.to_outcome()
+    try:
+        body = dumps(outcome, pretty=_pretty(request))
+    except TypeError:  # a message quoting client text that is not valid Unicode (lone surrogates)
+        body = _dumps_replacing(outcome)
     return HTTPResponse(body, status_code=error.status, headers=error.headers, media_type=CONTENT_TYPE)
+
+
+def _dumps_replacing(value: object) -> bytes:
+    def clean(v: object) -> object:
+        if isinstance(v, str):
+            return v.encode("utf-8", "replace").decode("utf-8")
+        if isinstance(v, dict):
+            return {clean(k): clean(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [clean(x) for x in v]
+        return v
+    return dumps(clean(value))
 
 
 def internal_error(exc: BaseException, request: Request | None = None) -> HTTPResponse:
