@@ -14,10 +14,12 @@ from fhirserver.rest.context import Context
 from fhirserver.settings import Settings, from_environment
 from fhirserver.storage.database import open_pool
 from fhirserver.storage.repository import Repository
+from fhirserver.storage.searching import SearchStore
 from fhirserver.web.adapter import make_endpoint
 from fhirserver.web.responses import internal_error, render_error
 from resources.outcome import BadRequest, MethodNotAllowed, NotFound
 from resources.validate import warm_up
+from search.registry import standard_registry
 
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
@@ -30,8 +32,9 @@ def build_app(settings: Settings) -> Starlette:
         assert settings.database_url, "the CLI resolves the database before starting the app"
         warm_up()  # build the validator tables now, not on the first request
         pool = await open_pool(settings.database_url, min_size=settings.pool_min, max_size=settings.pool_max)
-        state["ctx"] = Context(Repository(pool), settings.base_url, settings.history_page_size,
-                               settings.history_max_page_size)
+        registry = standard_registry()
+        state["ctx"] = Context(Repository(pool, registry), SearchStore(pool, registry), registry, settings.base_url,
+                               settings.default_page_size, settings.max_page_size)
         try:
             yield
         finally:

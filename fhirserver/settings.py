@@ -30,8 +30,8 @@ class Settings:
     pool_min: int = 2
     pool_max: int = 20
     max_body_bytes: int = 16 * 1024 * 1024
-    history_page_size: int = 50
-    history_max_page_size: int = 1000
+    default_page_size: int = 50      # _count when the client gives none (search and history)
+    max_page_size: int = 1000        # the largest _count honoured
     log_level: str = "info"
 
     @property
@@ -63,7 +63,7 @@ def from_environment(env: dict[str, str] | None = None) -> Settings:
     values: dict[str, object] = {}
     for name, convert in (("HOST", str), ("PORT", int), ("BASE_PATH", str), ("PUBLIC_BASE_URL", str),
                           ("WORKERS", int), ("POOL_MIN", int), ("POOL_MAX", int), ("MAX_BODY_BYTES", int),
-                          ("HISTORY_PAGE_SIZE", int), ("HISTORY_MAX_PAGE_SIZE", int), ("LOG_LEVEL", str)):
+                          ("DEFAULT_PAGE_SIZE", int), ("MAX_PAGE_SIZE", int), ("LOG_LEVEL", str)):
         raw = get(name)
         if raw is not None:
             try:

@@ -7,19 +7,23 @@ from conformance.capability import build_capability_statement
 from fhirserver.rest import negotiation as neg
 from fhirserver.rest.context import Context
 from fhirserver.rest.http import Request, Response
-from resources.elements import has_element
 from resources.types import RESOURCE_TYPES
+from search.registry import Registry
 
 TYPE_INTERACTIONS = ("read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create",
                      "search-type")
-_ID = {"name": "_id", "type": "token", "definition": "http://hl7.org/fhir/SearchParameter/Resource-id"}
-_IDENTIFIER = {"name": "identifier", "type": "token", "documentation": "system|value, |value, system| or value"}
+SYSTEM_INTERACTIONS = ("history-system", "search-system")
+SPECIAL = frozenset({"_text", "_content"})   # the special parameters the server implements
 
 
-def search_params() -> dict[str, list[dict[str, str]]]:
-    """What the interim search supports: `_id` everywhere, `identifier` where the type has one."""
-    return {t: [_ID, _IDENTIFIER] if has_element(t, "identifier") else [_ID] for t in RESOURCE_TYPES}
-SYSTEM_INTERACTIONS = ("history-system",)
+def search_params(registry: Registry) -> dict[str, list[dict[str, str]]]:
+    """Every search parameter the indexer serves, per type (R4 CapabilityStatement.rest.resource.searchParam)."""
+    result: dict[str, list[dict[str, str]]] = {}
+    for res_type in RESOURCE_TYPES:
+        params = registry.for_type(res_type)
+        result[res_type] = [{"name": code, "type": p.type, "definition": p.url}
+                            for code, p in sorted(params.items()) if p.type != "special" or code in SPECIAL]
+    return result
 
 
 def software_version() -> str:
@@ -29,7 +33,7 @@ def software_version() -> str:
         return "0+unknown"
 
 
-def statement(base_url: str) -> dict:
+def statement(base_url: str, registry: Registry) -> dict:
     return build_capability_statement(
         base_url=base_url,
         resource_types=sorted(RESOURCE_TYPES),
@@ -39,7 +43,7 @@ def statement(base_url: str) -> dict:
         software_name="fhirserver",
         software_version=software_version(),
         patch_formats=(neg.JSON_PATCH,),
-        search_params=search_params(),
+        search_params=search_params(registry),
         conditional={"conditionalCreate": True, "conditionalUpdate": True, "conditionalDelete": "single",
                      "conditionalRead": "full-support"},
     )
@@ -48,5 +52,5 @@ def statement(base_url: str) -> dict:
 async def metadata(ctx: Context, request: Request) -> Response:
     cached = ctx.capability_statements.get(ctx.base_url)
     if cached is None:
-        cached = ctx.capability_statements[ctx.base_url] = statement(ctx.base_url)
+        cached = ctx.capability_statements[ctx.base_url] = statement(ctx.base_url, ctx.registry)
     return Response(200, cached, {})

@@ -5,14 +5,18 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fhirserver.storage.repository import Repository
+from fhirserver.storage.searching import SearchStore
+from search.registry import Registry
 
 
 @dataclass
 class Context:
     repository: Repository
+    searches: SearchStore
+    registry: Registry
     base_url: str
-    history_page_size: int = 50
-    history_max_page_size: int = 1000
+    default_page_size: int = 50
+    max_page_size: int = 1000
     capability_statements: dict[str, dict[str, Any]] = field(default_factory=dict)  # per base URL, shared
 
     def at(self, base_url: str) -> Context:

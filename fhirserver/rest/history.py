@@ -36,8 +36,8 @@ def _parse_cursor(value: str) -> tuple[str, int]:
 def _count(ctx: Context, request: Request) -> int:
     raw = request.param("_count")
     if raw is None:
-        return ctx.history_page_size
-    return neg.parse_count(raw, "_count", ctx.history_max_page_size)
+        return ctx.default_page_size
+    return neg.parse_count(raw, "_count", ctx.max_page_size)
 
 
 async def history(ctx: Context, request: Request, res_type: str | None = None, res_id: str | None = None) -> Response:

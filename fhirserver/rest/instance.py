@@ -8,13 +8,13 @@ from typing import Any
 from fhirserver.rest import negotiation as neg
 from fhirserver.rest.context import Context
 from fhirserver.rest.http import Request, Response
+from fhirserver.rest.search import parse_criteria
 from fhirserver.storage.repository import Version, WriteResult
 from resources.jsonio import parse_body
 from resources.meta import check_id
 from resources.outcome import BadRequest, Gone, NotFound, information
 from resources.patch import apply_json_patch
 from resources.validate import validate_resource
-from search.criteria import parse_criteria
 
 
 def _version_headers(ctx: Context, version: Version) -> dict[str, str]:
@@ -58,7 +58,7 @@ def _written(ctx: Context, request: Request, result: WriteResult, message: str) 
 async def create(ctx: Context, request: Request, res_type: str) -> Response:
     resource = _incoming(request, res_type, ignore_id=True)
     condition = request.header("if-none-exist")
-    criteria = parse_criteria(condition) if condition else None
+    criteria = parse_criteria(ctx, res_type, condition) if condition else None
     result = await ctx.repository.create(res_type, resource, if_none_exist=criteria)
     if not result.changed:
         return _written(ctx, request, result, f"{res_type}/{result.version.res_id} already matches If-None-Exist; "
@@ -105,7 +105,7 @@ async def update(ctx: Context, request: Request, res_type: str, res_id: str) -> 
 
 async def conditional_update(ctx: Context, request: Request, res_type: str) -> Response:
     resource = _incoming(request, res_type)
-    criteria = parse_criteria(request.query_string)
+    criteria = parse_criteria(ctx, res_type, request.query_string)
     body_id = resource.get("id")
     if body_id is not None:
         check_id(body_id)
@@ -149,7 +149,7 @@ async def delete(ctx: Context, request: Request, res_type: str, res_id: str) -> 
 
 
 async def conditional_delete(ctx: Context, request: Request, res_type: str) -> Response:
-    criteria = parse_criteria(request.query_string)
+    criteria = parse_criteria(ctx, res_type, request.query_string)
     version = await ctx.repository.conditional_delete(res_type, criteria)
     if version is None:
         return Response(200, information("No resource matched the criteria; nothing was deleted", "not-found"), {})

@@ -11,9 +11,11 @@ from resources.types import is_resource_type
 
 Handler = Callable[..., Awaitable[Response]]
 
-# (shape of the path) -> {method: handler}. Shapes: "" base, "metadata", "_history", "T" a type,
-# "T/_history", "T/_search", "T/id", "T/id/_history", "T/id/_history/vid".
+# (shape of the path) -> {method: handler}. Shapes: "" base, "_search", "metadata", "_history", "T" a type,
+# "T/_history", "T/_search", "T/id", "T/id/_history", "T/id/_history/vid", "T/id/T" a compartment search.
 ROUTES: dict[str, dict[str, Handler]] = {
+    "": {"GET": search.search_system},
+    "_search": {"POST": search.search_system},
     "metadata": {"GET": capabilities.metadata},
     "_history": {"GET": history.history},
     "T": {"GET": search.search_type, "POST": instance.create, "PUT": instance.conditional_update,
@@ -23,6 +25,7 @@ ROUTES: dict[str, dict[str, Handler]] = {
     "T/id": {"GET": instance.read, "PUT": instance.update, "PATCH": instance.patch, "DELETE": instance.delete},
     "T/id/_history": {"GET": history.history},
     "T/id/_history/vid": {"GET": instance.vread},
+    "T/id/T": {"GET": search.search_compartment},
 }
 
 
@@ -31,7 +34,7 @@ def resolve(segments: list[str]) -> tuple[str, list[str]]:
     if not segments:
         return "", []
     head = segments[0]
-    if len(segments) == 1 and head in ("metadata", "_history"):
+    if len(segments) == 1 and head in ("metadata", "_history", "_search"):
         return head, []
     if head.startswith("$") or head.startswith("_"):
         raise NotFound(f"Unknown system endpoint {head[:64]!r}")
@@ -50,6 +53,8 @@ def resolve(segments: list[str]) -> tuple[str, list[str]]:
         return "T/id/_history", [head, rest[0]]
     if len(rest) == 3 and rest[1] == "_history":
         return "T/id/_history/vid", [head, rest[0], rest[2]]
+    if len(rest) == 2:
+        return "T/id/T", [head, rest[0], rest[1]]
     raise NotFound(f"No FHIR endpoint at {'/'.join(segments)[:120]!r}")
 
 

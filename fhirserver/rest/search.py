@@ -1,77 +1,122 @@
-"""Type-level search, for now over `_id` and `identifier` only (the full engine is issue 3).
-
-Unknown parameters are ignored and left out of the self link, unless the client sends
-`Prefer: handling=strict`, which turns them into a 400 (R4 search.html#errors).
-"""
+"""The search interaction: type, system and compartment level, GET and POST `_search`
+(R4 search.html). Parsing is `search.parse`; matching and paging happen in storage."""
 from __future__ import annotations
 
-import base64
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 from fhirserver.rest import negotiation as neg
 from fhirserver.rest.context import Context
 from fhirserver.rest.http import Request, Response
-from resources.outcome import BadRequest
-from search.criteria import RESULT_PARAMETERS, SUPPORTED, parse_criteria
+from fhirserver.storage.repository import Version
+from resources.compartments import COMPARTMENT_TYPES, member_types
+from resources.elements import select_elements, summarize
+from resources.meta import check_id
+from resources.outcome import BadRequest, NotFound
+from resources.types import RESOURCE_TYPES
+from search.parse import parse_search
+from search.query import SearchQuery
 
-_CONTROL = frozenset({"_count", "_cursor"})
+_FORM = "application/x-www-form-urlencoded"
 
 
 def _params(request: Request) -> list[tuple[str, str]]:
+    """URL parameters, plus the form body of a POST `_search`."""
     params = list(request.query)
     if request.method == "POST":
-        if neg.media_type(request.header("content-type")) not in ("application/x-www-form-urlencoded", ""):
-            raise BadRequest("POST _search takes an application/x-www-form-urlencoded body")
+        if neg.media_type(request.header("content-type")) not in (_FORM, ""):
+            raise BadRequest(f"POST _search takes an {_FORM} body")
         try:
             params += parse_qsl(request.body.decode("utf-8"), keep_blank_values=True, errors="strict")
         except (UnicodeDecodeError, ValueError) as exc:
             raise BadRequest("The _search body is not valid form encoding") from exc
-    strict = "handling=strict" in (request.header("prefer") or "").replace(" ", "")
-    kept = []
-    for name, value in params:
-        if name in SUPPORTED or name in _CONTROL or name in RESULT_PARAMETERS:
-            kept.append((name, value))
-        elif strict:
-            raise BadRequest(f"Search parameter {name!r} is not supported by this server (yet)", expression=name)
-    return kept
+    return params
+
+
+def _strict(request: Request) -> bool:
+    return "handling=strict" in (request.header("prefer") or "").replace(" ", "")
+
+
+def parse_criteria(ctx: Context, res_type: str, query_string: str) -> SearchQuery:
+    """Criteria of a conditional create/update/delete: unknown parameters are errors here, since
+    ignoring one would widen the match and touch the wrong resource."""
+    params = [(k, v) for k, v in parse_qsl(query_string.lstrip("?"), keep_blank_values=True)
+              if k not in ("_format", "_pretty")]
+    if not params:
+        raise BadRequest("A conditional request needs search criteria (e.g. identifier=system|value)")
+    query = parse_search(params, res_type=res_type, registry=ctx.registry, base_url=ctx.base_url, strict=True,
+                         max_count=ctx.max_page_size)
+    if not query.clauses:
+        raise BadRequest("A conditional request needs at least one search criterion")
+    return query
 
 
 async def search_type(ctx: Context, request: Request, res_type: str) -> Response:
-    params = _params(request)
-    criteria_params = [(k, v) for k, v in params if k in SUPPORTED]
-    criteria = parse_criteria(urlencode(criteria_params)) if criteria_params else None
-    count = ctx.history_page_size
-    cursor: str | None = None
-    for name, value in params:
-        if name == "_count":
-            count = neg.parse_count(value, "_count", ctx.history_max_page_size)
-        elif name == "_cursor":
-            cursor = value
-    after = _decode(cursor) if cursor else None
-    versions, more = await ctx.repository.search(res_type, criteria, count=count, after_id=after)
-    keep = [(k, v) for k, v in params if k != "_cursor"]
-    base = ctx.url(res_type)
-    links = [{"relation": "self", "url": base + ("?" + urlencode(params) if params else "")}]
-    if more and versions:
-        next_params = [*keep, ("_cursor", _encode(versions[-1].res_id))]
-        links.append({"relation": "next", "url": base + "?" + urlencode(next_params)})
-    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset", "link": links}
-    entries = [{"fullUrl": ctx.url(v.res_type, v.res_id), "resource": neg.shape(request, v.resource),
-                "search": {"mode": "match"}} for v in versions if v.resource is not None]
-    if not cursor and not more:
-        bundle["total"] = len(entries)
+    return await _search(ctx, request, res_type, (res_type,), res_type)
+
+
+async def search_system(ctx: Context, request: Request) -> Response:
+    return await _search(ctx, request, None, (), "")
+
+
+async def search_compartment(ctx: Context, request: Request, comp_type: str, comp_id: str, res_type: str) -> Response:
+    check_id(comp_id)
+    if comp_type not in COMPARTMENT_TYPES:
+        raise NotFound(f"{comp_type} is not a compartment type ({', '.join(COMPARTMENT_TYPES)})")
+    members = member_types(comp_type)
+    if res_type == "*":
+        types = members
+    elif res_type in RESOURCE_TYPES and res_type in members:
+        types = (res_type,)
+    else:
+        raise NotFound(f"{res_type[:64]!r} resources are not in the {comp_type} compartment")
+    path = f"{comp_type}/{comp_id}/{res_type}"
+    return await _search(ctx, request, res_type if res_type != "*" else None, types, path, (comp_type, comp_id))
+
+
+async def _search(ctx: Context, request: Request, res_type: str | None, types: tuple[str, ...], path: str,
+                  compartment: tuple[str, str] | None = None) -> Response:
+    query = parse_search(_params(request), res_type=res_type, registry=ctx.registry, base_url=ctx.base_url,
+                         strict=_strict(request), max_count=ctx.max_page_size, compartment=compartment)
+    res_types = query.res_types if query.res_types and not compartment else types
+    if compartment and query.res_types:
+        res_types = tuple(t for t in query.res_types if t in types)
+    count = ctx.default_page_size if query.count is None else query.count
+    summary_count = query.summary == "count" or count == 0
+    base = ctx.url(path) if path else ctx.base_url
+    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
+    links = [{"relation": "self", "url": _link(base, query.self_params)}]
+    entries: list[dict[str, Any]] = []
+    if not summary_count:
+        matches, next_cursor, prev_cursor = await ctx.searches.page(query, res_types, count, query.cursor)
+        plain = [(k, v) for k, v in query.self_params if k != "_cursor"]
+        if next_cursor:
+            links.append({"relation": "next", "url": _link(base, [*plain, ("_cursor", next_cursor)])})
+        if prev_cursor:
+            links.append({"relation": "previous", "url": _link(base, [*plain, ("_cursor", prev_cursor)])})
+        entries = [_entry(ctx, v, "match", query) for v in matches]
+        if query.includes or query.revincludes:
+            entries += [_entry(ctx, v, "include", query) for v in await ctx.searches.included(matches, query)]
+        if query.total in (None, "accurate") and not query.cursor and next_cursor is None:
+            bundle["total"] = len(matches)
+    if "total" not in bundle and (summary_count or query.total in ("accurate", "estimate")
+                                  or (query.total is None and not query.cursor)):
+        bundle["total"] = await ctx.searches.count(query, res_types, estimate=query.total == "estimate")
+    bundle["link"] = links
     if entries:
         bundle["entry"] = entries
     return Response(200, bundle, {})
 
 
-def _encode(res_id: str) -> str:
-    return base64.urlsafe_b64encode(res_id.encode()).decode().rstrip("=")
+def _link(base: str, params: Any) -> str:
+    return base + ("?" + urlencode(list(params)) if params else "")
 
 
-def _decode(cursor: str) -> str:
-    try:
-        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("utf-8")
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest("_cursor is not a cursor this server issued", expression="_cursor") from exc
+def _entry(ctx: Context, version: Version, mode: str, query: SearchQuery) -> dict[str, Any]:
+    resource = version.resource
+    assert resource is not None
+    if query.summary and query.summary != "false":
+        resource = summarize(resource, query.summary)
+    elif query.elements:
+        resource = select_elements(resource, list(query.elements))
+    return {"fullUrl": ctx.url(version.res_type, version.res_id), "resource": resource, "search": {"mode": mode}}

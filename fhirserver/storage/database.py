@@ -6,7 +6,16 @@ from psycopg_pool import AsyncConnectionPool
 
 from resources import jsonio
 
-set_json_loads(jsonio.loads)
+
+def _load_resource(data: bytes | str) -> object:
+    """JSONB sorts keys by length; put resourceType first again, where readers expect it."""
+    value = jsonio.loads(data)
+    if isinstance(value, dict) and "resourceType" in value:
+        return {"resourceType": value["resourceType"], **value}
+    return value
+
+
+set_json_loads(_load_resource)
 set_json_dumps(jsonio.dumps)
 
 

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlencode
 
 import psycopg
 from psycopg.rows import tuple_row
@@ -17,9 +18,12 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from fhirserver.storage.errors import RETRYABLE, to_fhir_error
+from fhirserver.storage.indexer import write_index
+from fhirserver.storage.sql.select import where
 from resources.meta import new_id, stamp
 from resources.outcome import FHIRError, PreconditionFailed
-from search.criteria import Criteria
+from search.query import SearchQuery
+from search.registry import Registry
 
 _COLUMNS = "res_type, res_id, version, last_updated, txid, body"
 _RETRIES = 5
@@ -76,8 +80,9 @@ def _now() -> datetime:
 
 
 class Repository:
-    def __init__(self, pool: AsyncConnectionPool) -> None:
+    def __init__(self, pool: AsyncConnectionPool, registry: Registry) -> None:
         self.pool = pool
+        self.registry = registry
 
     async def _run(self, work: Callable[[psycopg.AsyncConnection], Awaitable[Any]]) -> Any:
         """Run `work` in one transaction, retrying serialisation and unique-key races."""
@@ -122,7 +127,7 @@ class Repository:
     # ---- writes --------------------------------------------------------------------------
 
     async def create(self, res_type: str, resource: dict[str, Any], *,
-                     if_none_exist: Criteria | None = None) -> WriteResult:
+                     if_none_exist: SearchQuery | None = None) -> WriteResult:
         """Create with a server-assigned id; with `if_none_exist`, return the one match instead."""
         if if_none_exist is None:
             return await self._run(lambda conn: self._insert_new(conn, res_type, resource))
@@ -146,7 +151,7 @@ class Repository:
         return await self._run(lambda conn: self._write_version(conn, res_type, res_id, build, if_match,
                                                                 method, must_exist))
 
-    async def conditional_update(self, res_type: str, criteria: Criteria, build: Build,
+    async def conditional_update(self, res_type: str, criteria: SearchQuery, build: Build,
                                  body_id: str | None) -> WriteResult:
         async def work(conn: psycopg.AsyncConnection) -> WriteResult:
             matches = await self._lock_and_find(conn, res_type, criteria)
@@ -178,7 +183,7 @@ class Repository:
 
         return await self._run(work)
 
-    async def conditional_delete(self, res_type: str, criteria: Criteria) -> Version | None:
+    async def conditional_delete(self, res_type: str, criteria: SearchQuery) -> Version | None:
         async def work(conn: psycopg.AsyncConnection) -> Version | None:
             matches = await self._lock_and_find(conn, res_type, criteria)
             if len(matches) > 1:
@@ -289,73 +294,20 @@ class Repository:
              "b": Jsonb(body) if body is not None else None}, prepare=True)
         row = await cur.fetchone()
         assert row is not None
+        await write_index(conn, res_type, res_id, body, self.registry, fresh=version == 1)
         return Version(res_type, res_id, version, now, row[0], body, method)
 
-    async def _lock_and_find(self, conn: psycopg.AsyncConnection, res_type: str, criteria: Criteria) -> list[str]:
-        """Serialise conditional writes on the same criteria, then find the matching ids."""
+    async def _lock_and_find(self, conn: psycopg.AsyncConnection, res_type: str, criteria: SearchQuery) -> list[str]:
+        """Serialise conditional writes on the same criteria, then find the matching ids (at most two)."""
         await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
-                           (f"{res_type}?{criteria.canonical()}",))
-        return await _find(conn, res_type, criteria)
-
-    async def search(self, res_type: str, criteria: Criteria | None, *, count: int,
-                     after_id: str | None = None) -> tuple[list[Version], bool]:
-        """Current resources matching `criteria`, ordered by id (keyset paging); and whether more follow."""
-        where, params = _criteria_sql(res_type, criteria or Criteria())
-        if after_id is not None:
-            where.append("res_id > %s")
-            params.append(after_id)
-        sql = (f"SELECT {_COLUMNS} FROM resource WHERE {' AND '.join(where)}"  # noqa: S608
-               " ORDER BY res_id LIMIT %s")
-        try:
-            async with self.pool.connection() as conn:
-                cur = await conn.execute(sql, [*params, count + 1])
-                rows = await cur.fetchall()
-        except psycopg.Error as exc:
-            raise to_fhir_error(exc) from exc
-        return [Version(*row) for row in rows[:count]], len(rows) > count
-
-    async def find(self, res_type: str, criteria: Criteria) -> list[str]:
-        try:
-            async with self.pool.connection() as conn:
-                return await _find(conn, res_type, criteria)
-        except psycopg.Error as exc:
-            raise to_fhir_error(exc) from exc
+                           (f"{res_type}?{urlencode(criteria.self_params)}",))
+        condition = where(criteria, (res_type,))
+        cur = await conn.execute("SELECT r.res_id FROM resource r WHERE " + condition.text + " LIMIT 2",
+                                 condition.params)
+        return [row[0] for row in await cur.fetchall()]
 
 
 def _mismatch(res_type: str, res_id: str, wanted: int, current: Version | None) -> str:
     if current is None or current.deleted:
         return f"If-Match W/\"{wanted}\" failed: {res_type}/{res_id} has no current version"
     return f"If-Match W/\"{wanted}\" failed: the current version of {res_type}/{res_id} is {current.version}"
-
-
-async def _find(conn: psycopg.AsyncConnection, res_type: str, criteria: Criteria) -> list[str]:
-    where, params = _criteria_sql(res_type, criteria)
-    cur = await conn.execute(f"SELECT res_id FROM resource WHERE {' AND '.join(where)} LIMIT 2",  # noqa: S608
-                             params)
-    return [row[0] for row in await cur.fetchall()]
-
-
-def _criteria_sql(res_type: str, criteria: Criteria) -> tuple[list[str], list[Any]]:
-    """WHERE clauses (ANDed) and parameters selecting live resources that match `criteria`."""
-    where = ["res_type = %s", "NOT deleted"]
-    params: list[Any] = [res_type]
-    for ids in criteria.ids:
-        where.append("res_id = ANY(%s)")
-        params.append(list(ids))
-    for group in criteria.identifiers:
-        alternatives = []
-        for token in group:
-            pattern: dict[str, str] = {}
-            if token.system:
-                pattern["system"] = token.system
-            if token.code is not None:
-                pattern["value"] = token.code
-            test = "(body -> 'identifier' @> %s OR body -> 'identifier' @> %s)"
-            params += [Jsonb([pattern]), Jsonb(pattern)]
-            if token.system == "":   # `|code`: the identifier has no system
-                test = ("jsonb_path_exists(body -> 'identifier',"
-                        " 'strict $[*] ? (@.value == $v && !exists(@.system))', jsonb_build_object('v', %s::text))")
-                params[-2:] = [token.code]
-            alternatives.append(test)
-        where.append("(" + " OR ".join(alternatives) + ")")
-    return where, params

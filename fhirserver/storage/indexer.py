@@ -1,0 +1,109 @@
+"""The write side of search: store one resource version's typed index rows.
+
+Rows come from `search.extract` (the SearchParameters' FHIRPath expressions) and are written
+in the caller's transaction, in one statement that also removes the previous version's rows.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from fhirserver.storage.sql.fragment import clip
+from search.extract import extract
+from search.registry import Registry
+from search.values import (
+    CompositeValue,
+    DateValue,
+    NumberValue,
+    QuantityValue,
+    ReferenceValue,
+    StringValue,
+    TokenValue,
+    UriValue,
+)
+
+# Served from the `resource` row itself, never from index rows.
+RESOURCE_COLUMNS = frozenset({"_id", "_lastUpdated"})
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    columns: tuple[str, ...]      # value columns after (res_type, res_id, param, grp)
+    casts: tuple[str, ...]        # PostgreSQL array types for unnest()
+
+
+TABLES: dict[type, Table] = {
+    TokenValue: Table("search_token", ("system", "code", "text_norm", "type_system", "type_code"), ("text[]",) * 5),
+    StringValue: Table("search_string", ("norm", "exact"), ("text[]", "text[]")),
+    DateValue: Table("search_date", ("low", "high"), ("timestamptz[]", "timestamptz[]")),
+    NumberValue: Table("search_number", ("low", "high", "value"), ("numeric[]", "numeric[]", "numeric[]")),
+    QuantityValue: Table("search_quantity", ("low", "high", "value", "system", "code", "unit"),
+                         ("numeric[]", "numeric[]", "numeric[]", "text[]", "text[]", "text[]")),
+    ReferenceValue: Table("search_reference",
+                          ("target_type", "target_id", "url", "version", "identifier_system", "identifier_value"),
+                          ("text[]",) * 6),
+    UriValue: Table("search_uri", ("uri",), ("text[]",)),
+}
+_FIELDS: dict[type, tuple[str, ...]] = {
+    TokenValue: ("system", "code", "text", "type_system", "type_code"),
+    StringValue: ("normalized", "exact"),
+    DateValue: ("low", "high"),
+    NumberValue: ("low", "high", "value"),
+    QuantityValue: ("low", "high", "value", "system", "code", "unit"),
+    ReferenceValue: ("res_type", "res_id", "url", "version", "identifier_system", "identifier_value"),
+    UriValue: ("uri",),
+}
+
+
+def index_rows(resource: dict[str, Any], registry: Registry) -> dict[Table, list[tuple[Any, ...]]]:
+    """(param, grp, *values) rows per table. A composite's parts go under `code$N` sharing one grp."""
+    rows: dict[Table, list[tuple[Any, ...]]] = defaultdict(list)
+    groups: dict[str, int] = defaultdict(int)
+    for code, value in extract(resource, registry):
+        if code in RESOURCE_COLUMNS:
+            continue
+        if isinstance(value, CompositeValue):
+            grp = groups[code]
+            groups[code] += 1
+            for i, part in enumerate(value.parts):
+                _add(rows, f"{code}${i}", grp, part)
+        else:
+            _add(rows, code, None, value)
+    return rows
+
+
+def _add(rows: dict[Table, list[tuple[Any, ...]]], param: str, grp: int | None, value: Any) -> None:
+    kind = type(value)
+    table = TABLES.get(kind)
+    if table is None:
+        return
+    rows[table].append((param, grp, *(_clipped(getattr(value, f)) for f in _FIELDS[kind])))
+
+
+def _clipped(value: Any) -> Any:
+    return clip(value) if isinstance(value, str) else value
+
+
+async def write_index(conn: psycopg.AsyncConnection, res_type: str, res_id: str, resource: dict[str, Any] | None,
+                      registry: Registry, *, fresh: bool) -> None:
+    """Replace the index rows of (res_type, res_id) with those of `resource` (None: a delete)."""
+    rows = index_rows(resource, registry) if resource is not None else {}
+    parts: list[str] = []
+    params: dict[str, Any] = {"t": res_type, "i": res_id}
+    if not fresh:
+        for n, table in enumerate(TABLES.values()):
+            parts.append(f"d{n} AS (DELETE FROM {table.name} WHERE res_type = %(t)s AND res_id = %(i)s)")
+    for n, (table, table_rows) in enumerate(rows.items()):
+        arrays = []
+        for k, (column, cast) in enumerate(zip(zip(*table_rows, strict=True), ("text[]", "smallint[]", *table.casts),
+                                               strict=True)):
+            params[f"a{n}_{k}"] = list(column)
+            arrays.append(f"%(a{n}_{k})s::{cast}")
+        parts.append(f"i{n} AS (INSERT INTO {table.name} (res_type, res_id, param, grp, {', '.join(table.columns)})"
+                     f" SELECT %(t)s, %(i)s, * FROM unnest({', '.join(arrays)}))")
+    if parts:
+        await conn.execute("WITH " + ", ".join(parts) + " SELECT 1", params, prepare=True)

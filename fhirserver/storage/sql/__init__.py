@@ -1,0 +1,1 @@
+"""Compile the search AST (search.query) to PostgreSQL over the typed index tables."""

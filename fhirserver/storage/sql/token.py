@@ -1,0 +1,32 @@
+"""token parameters: code, system|code, |code, system|, :text, :of-type (R4 search.html#token)."""
+from __future__ import annotations
+
+from fhirserver.storage.sql.fragment import Sql, all_of, clip, like_prefix, sql
+from resources.outcome import BadRequest
+from search.query import OfTypeQuery, TextQuery, TokenQuery, Value
+from search.values import normalize_string
+
+TABLE = "search_token"
+
+
+def condition(value: Value, x: str, param: str) -> Sql:
+    if isinstance(value, TokenQuery):
+        parts = []
+        if value.code is not None:
+            parts.append(sql(f"{x}.code = %s", clip(value.code)))
+        if value.system == "":
+            parts.append(sql(f"{x}.system IS NULL"))
+        elif value.system is not None:
+            parts.append(sql(f"{x}.system = %s", clip(value.system)))
+        return all_of(parts)
+    if isinstance(value, TextQuery):
+        text = like_prefix(normalize_string(value.text))
+        return sql(f"({x}.text_norm LIKE %s OR {x}.text_norm LIKE %s)", text + "%", "% " + text + "%")
+    if isinstance(value, OfTypeQuery):
+        return sql(f"({x}.type_system = %s AND {x}.type_code = %s AND {x}.code = %s)",
+                   value.type_system, value.type_code, value.value)
+    raise BadRequest(f"{param}: this kind of token search is not supported", expression=param)
+
+
+def sort_column(descending: bool) -> str:
+    return "code"
