@@ -1,6 +1,7 @@
 """Composition root: settings -> pool -> repository -> context -> routes -> Starlette app."""
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
@@ -13,6 +14,7 @@ from starlette.routing import Route
 from fhirserver.rest.context import Context
 from fhirserver.settings import Settings, from_environment
 from fhirserver.storage.database import open_pool
+from fhirserver.storage.parameters import SearchParameters
 from fhirserver.storage.repository import Repository
 from fhirserver.storage.searching import SearchStore
 from fhirserver.web.adapter import make_endpoint
@@ -32,12 +34,15 @@ def build_app(settings: Settings) -> Starlette:
         assert settings.database_url, "the CLI resolves the database before starting the app"
         warm_up()  # build the validator tables now, not on the first request
         pool = await open_pool(settings.database_url, min_size=settings.pool_min, max_size=settings.pool_max)
-        registry = standard_registry()
-        state["ctx"] = Context(Repository(pool, registry), SearchStore(pool, registry), registry, settings.base_url,
+        parameters = SearchParameters(standard_registry())
+        await parameters.reload(pool)
+        listener = asyncio.create_task(parameters.listen(settings.database_url, pool))
+        state["ctx"] = Context(Repository(pool, parameters), SearchStore(pool), parameters, settings.base_url,
                                settings.default_page_size, settings.max_page_size)
         try:
             yield
         finally:
+            listener.cancel()
             await pool.close()
 
     async def not_found(http_request: HTTPRequest, exc: Exception) -> HTTPResponse:

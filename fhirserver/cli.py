@@ -47,6 +47,16 @@ def build_parser() -> argparse.ArgumentParser:
                                          "Safe to run while the server is running.")
     _common(migrate)
     migrate.add_argument("--check", action="store_true", help="only list pending migrations; exit 1 if any")
+    reindex = sub.add_parser("reindex", help="rebuild the search index of stored resources (with progress)",
+                             description="Re-extract the search-index rows of every stored resource (or of the "
+                                         "given types) with the search parameters in force, e.g. after adding a "
+                                         "custom SearchParameter. An interrupted run resumes where it stopped. "
+                                         "Safe while the server is running.")
+    _common(reindex)
+    reindex.add_argument("--type", dest="types", action="append", metavar="TYPE",
+                         help="only this resource type (repeatable)")
+    reindex.add_argument("--verify", action="store_true",
+                         help="afterwards, compare the stored index with a fresh extraction and report differences")
     dburl = sub.add_parser("database-url", help="print the PostgreSQL URL the server uses (for psql and tools)",
                            description="Print the connection URL of the database (starting the embedded PostgreSQL "
                                        "only for as long as the command runs, unless a server is using it).")
@@ -129,6 +139,46 @@ def cmd_migrate(settings: Settings, check: bool) -> int:
     return 0
 
 
+def cmd_reindex(settings: Settings, types: list[str] | None, check: bool) -> int:
+    import asyncio
+
+    from fhirserver.progress import ProgressLine
+    from fhirserver.storage.database import open_pool
+    from fhirserver.storage.migrate import migrate
+    from fhirserver.storage.parameters import SearchParameters
+    from fhirserver.storage.reindex import reindex, verify
+    from resources.types import is_resource_type
+    from search.registry import standard_registry
+
+    unknown = [t for t in types or [] if not is_resource_type(t)]
+    if unknown:
+        print(f"error: unknown resource type(s): {', '.join(unknown)}", file=sys.stderr)
+        return 2
+
+    async def run(database_url: str) -> int:
+        pool = await open_pool(database_url, min_size=1, max_size=2)
+        try:
+            parameters = SearchParameters(standard_registry())
+            await parameters.reload(pool)
+            report = await reindex(pool, parameters.current, types, progress=ProgressLine("reindex"))
+            resumed = " (resumed an interrupted job)" if report.resumed else ""
+            print(f"reindexed {report.resources:,} resources in {report.seconds:.1f}s{resumed}")
+            if check:
+                wrong = await verify(pool, parameters.current, types)
+                if wrong:
+                    print(f"verify: {len(wrong)} resources differ from a fresh extraction, e.g. {wrong[:5]}")
+                    return 1
+                print("verify: the index matches a fresh extraction of every resource")
+            return 0
+        finally:
+            await pool.close()
+
+    with database(settings) as resolved:
+        assert resolved.database_url
+        migrate(resolved.database_url)
+        return asyncio.run(run(resolved.database_url))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -143,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_serve(settings)
         if args.command == "migrate":
             return cmd_migrate(settings, args.check)
+        if args.command == "reindex":
+            return cmd_reindex(settings, args.types, args.verify)
         if args.command == "database-url":
             with database(settings) as resolved:
                 print(resolved.database_url)

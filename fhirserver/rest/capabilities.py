@@ -44,13 +44,15 @@ def statement(base_url: str, registry: Registry) -> dict:
         software_version=software_version(),
         patch_formats=(neg.JSON_PATCH,),
         search_params=search_params(registry),
+        operations=[{"name": "reindex", "definition": "urn:fhirserver:OperationDefinition:reindex"}],
         conditional={"conditionalCreate": True, "conditionalUpdate": True, "conditionalDelete": "single",
                      "conditionalRead": "full-support"},
     )
 
 
 async def metadata(ctx: Context, request: Request) -> Response:
-    cached = ctx.capability_statements.get(ctx.base_url)
+    key = f"{ctx.base_url} {id(ctx.registry)}"   # a reloaded registry is a new object
+    cached = ctx.capability_statements.get(key)
     if cached is None:
-        cached = ctx.capability_statements[ctx.base_url] = statement(ctx.base_url, ctx.registry)
+        cached = ctx.capability_statements[key] = statement(ctx.base_url, ctx.registry)
     return Response(200, cached, {})

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from fhirserver.storage.parameters import SearchParameters
 from fhirserver.storage.repository import Repository
 from fhirserver.storage.searching import SearchStore
 from search.registry import Registry
@@ -13,11 +14,16 @@ from search.registry import Registry
 class Context:
     repository: Repository
     searches: SearchStore
-    registry: Registry
+    parameters: SearchParameters
     base_url: str
     default_page_size: int = 50
     max_page_size: int = 1000
     capability_statements: dict[str, dict[str, Any]] = field(default_factory=dict)  # per base URL, shared
+
+    @property
+    def registry(self) -> Registry:
+        """The search parameters in force now (standard plus custom)."""
+        return self.parameters.current
 
     def at(self, base_url: str) -> Context:
         """The same context answering under another base URL (taken from the request's Host)."""

@@ -9,6 +9,7 @@ from fhirserver.rest import negotiation as neg
 from fhirserver.rest.context import Context
 from fhirserver.rest.http import Request, Response
 from fhirserver.rest.search import parse_criteria
+from fhirserver.storage.parameters import check_custom
 from fhirserver.storage.repository import Version, WriteResult
 from resources.jsonio import parse_body
 from resources.meta import check_id
@@ -21,7 +22,7 @@ def _version_headers(ctx: Context, version: Version) -> dict[str, str]:
     return {"ETag": neg.etag(version.version), "Last-Modified": neg.http_date(version.last_updated)}
 
 
-def _incoming(request: Request, res_type: str, *, ignore_id: bool = False) -> dict[str, Any]:
+def _incoming(ctx: Context, request: Request, res_type: str, *, ignore_id: bool = False) -> dict[str, Any]:
     """Parse and structurally validate a request body that must be a `res_type` resource.
     A create ignores any id in the body (R4 http.html#create), so it is dropped before validation."""
     neg.check_body_type(request)
@@ -35,6 +36,8 @@ def _incoming(request: Request, res_type: str, *, ignore_id: bool = False) -> di
         resource.pop("id", None)
         resource.pop("_id", None)
     validate_resource(resource)
+    if res_type == "SearchParameter":
+        check_custom(resource, ctx.registry)
     return resource
 
 
@@ -56,7 +59,7 @@ def _written(ctx: Context, request: Request, result: WriteResult, message: str) 
 
 
 async def create(ctx: Context, request: Request, res_type: str) -> Response:
-    resource = _incoming(request, res_type, ignore_id=True)
+    resource = _incoming(ctx, request, res_type, ignore_id=True)
     condition = request.header("if-none-exist")
     criteria = parse_criteria(ctx, res_type, condition) if condition else None
     result = await ctx.repository.create(res_type, resource, if_none_exist=criteria)
@@ -93,7 +96,7 @@ def _respond_with_version(ctx: Context, request: Request, version: Version | Non
 
 async def update(ctx: Context, request: Request, res_type: str, res_id: str) -> Response:
     check_id(res_id)
-    resource = _incoming(request, res_type)
+    resource = _incoming(ctx, request, res_type)
     body_id = resource.get("id")
     if body_id is None:
         raise BadRequest("An update must carry the resource id in the body (R4 http.html#update)", expression="id")
@@ -104,7 +107,7 @@ async def update(ctx: Context, request: Request, res_type: str, res_id: str) -> 
 
 
 async def conditional_update(ctx: Context, request: Request, res_type: str) -> Response:
-    resource = _incoming(request, res_type)
+    resource = _incoming(ctx, request, res_type)
     criteria = parse_criteria(ctx, res_type, request.query_string)
     body_id = resource.get("id")
     if body_id is not None:

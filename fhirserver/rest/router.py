@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from fhirserver.rest import capabilities, history, instance, search
+from fhirserver.rest import capabilities, history, instance, operations, search
 from fhirserver.rest.context import Context
 from fhirserver.rest.http import Request, Response
 from resources.outcome import MethodNotAllowed, NotFound
@@ -26,6 +26,8 @@ ROUTES: dict[str, dict[str, Handler]] = {
     "T/id/_history": {"GET": history.history},
     "T/id/_history/vid": {"GET": instance.vread},
     "T/id/T": {"GET": search.search_compartment},
+    "$op": {"POST": operations.system_operation},
+    "T/$op": {"POST": operations.type_operation},
 }
 
 
@@ -36,6 +38,8 @@ def resolve(segments: list[str]) -> tuple[str, list[str]]:
     head = segments[0]
     if len(segments) == 1 and head in ("metadata", "_history", "_search"):
         return head, []
+    if head.startswith("$") and len(segments) == 1:
+        return "$op", [head]
     if head.startswith("$") or head.startswith("_"):
         raise NotFound(f"Unknown system endpoint {head[:64]!r}")
     if not is_resource_type(head):
@@ -47,6 +51,8 @@ def resolve(segments: list[str]) -> tuple[str, list[str]]:
         return "T/_history", [head]
     if rest == ["_search"]:
         return "T/_search", [head]
+    if len(rest) == 1 and rest[0].startswith("$"):
+        return "T/$op", [head, rest[0]]
     if len(rest) == 1:
         return "T/id", [head, rest[0]]
     if len(rest) == 2 and rest[1] == "_history":

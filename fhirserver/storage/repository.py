@@ -19,11 +19,11 @@ from psycopg_pool import AsyncConnectionPool
 
 from fhirserver.storage.errors import RETRYABLE, to_fhir_error
 from fhirserver.storage.indexer import write_index
+from fhirserver.storage.parameters import CHANNEL, SearchParameters
 from fhirserver.storage.sql.select import where
 from resources.meta import new_id, stamp
 from resources.outcome import FHIRError, PreconditionFailed
 from search.query import SearchQuery
-from search.registry import Registry
 
 _COLUMNS = "res_type, res_id, version, last_updated, txid, body"
 _RETRIES = 5
@@ -80,9 +80,13 @@ def _now() -> datetime:
 
 
 class Repository:
-    def __init__(self, pool: AsyncConnectionPool, registry: Registry) -> None:
+    def __init__(self, pool: AsyncConnectionPool, parameters: SearchParameters) -> None:
         self.pool = pool
-        self.registry = registry
+        self.parameters = parameters
+
+    async def _after_write(self, res_type: str) -> None:
+        if res_type == "SearchParameter":   # new or changed custom search parameters apply at once here
+            await self.parameters.reload(self.pool)
 
     async def _run(self, work: Callable[[psycopg.AsyncConnection], Awaitable[Any]]) -> Any:
         """Run `work` in one transaction, retrying serialisation and unique-key races."""
@@ -130,7 +134,9 @@ class Repository:
                      if_none_exist: SearchQuery | None = None) -> WriteResult:
         """Create with a server-assigned id; with `if_none_exist`, return the one match instead."""
         if if_none_exist is None:
-            return await self._run(lambda conn: self._insert_new(conn, res_type, resource))
+            result = await self._run(lambda conn: self._insert_new(conn, res_type, resource))
+            await self._after_write(res_type)
+            return result
 
         async def conditional(conn: psycopg.AsyncConnection) -> WriteResult:
             matches = await self._lock_and_find(conn, res_type, if_none_exist)
@@ -143,13 +149,17 @@ class Repository:
                 return WriteResult(current, created=False, changed=False)
             return await self._insert_new(conn, res_type, resource)
 
-        return await self._run(conditional)
+        result = await self._run(conditional)
+        await self._after_write(res_type)
+        return result
 
     async def update(self, res_type: str, res_id: str, build: Build, *, if_match: int | None = None,
                      method: str = "PUT", must_exist: bool = False) -> WriteResult:
         """Write a new version built from the current one, under a row lock (no lost updates)."""
-        return await self._run(lambda conn: self._write_version(conn, res_type, res_id, build, if_match,
-                                                                method, must_exist))
+        result = await self._run(lambda conn: self._write_version(conn, res_type, res_id, build, if_match,
+                                                                  method, must_exist))
+        await self._after_write(res_type)
+        return result
 
     async def conditional_update(self, res_type: str, criteria: SearchQuery, build: Build,
                                  body_id: str | None) -> WriteResult:
@@ -168,7 +178,9 @@ class Repository:
                 return await self._write_version(conn, res_type, body_id, build, None, "PUT", False)
             return await self._insert_new(conn, res_type, build(None))
 
-        return await self._run(work)
+        result = await self._run(work)
+        await self._after_write(res_type)
+        return result
 
     async def delete(self, res_type: str, res_id: str, *, if_match: int | None = None) -> Version | None:
         """Logically delete: append a version without content. None when nothing existed or it was
@@ -181,7 +193,9 @@ class Repository:
                 return None
             return await self._append(conn, res_type, res_id, current.version + 1, None, "DELETE")
 
-        return await self._run(work)
+        deleted = await self._run(work)
+        await self._after_write(res_type)
+        return deleted
 
     async def conditional_delete(self, res_type: str, criteria: SearchQuery) -> Version | None:
         async def work(conn: psycopg.AsyncConnection) -> Version | None:
@@ -195,7 +209,9 @@ class Repository:
             assert current is not None
             return await self._append(conn, res_type, matches[0], current.version + 1, None, "DELETE")
 
-        return await self._run(work)
+        deleted = await self._run(work)
+        await self._after_write(res_type)
+        return deleted
 
     # ---- history ---------------------------------------------------------------------------
 
@@ -294,7 +310,9 @@ class Repository:
              "b": Jsonb(body) if body is not None else None}, prepare=True)
         row = await cur.fetchone()
         assert row is not None
-        await write_index(conn, res_type, res_id, body, self.registry, fresh=version == 1)
+        await write_index(conn, res_type, res_id, body, self.parameters.current, fresh=version == 1)
+        if res_type == "SearchParameter":
+            await conn.execute(f"NOTIFY {CHANNEL}")
         return Version(res_type, res_id, version, now, row[0], body, method)
 
     async def _lock_and_find(self, conn: psycopg.AsyncConnection, res_type: str, criteria: SearchQuery) -> list[str]:

@@ -16,7 +16,6 @@ from fhirserver.storage.sql import select
 from fhirserver.storage.sql.fragment import Sql, all_of, join, sql
 from resources.outcome import BadRequest
 from search.query import Include, SearchQuery
-from search.registry import Registry
 
 MAX_INCLUDE_ITERATIONS = 4
 MAX_INCLUDED = 5000
@@ -45,9 +44,8 @@ def _version(row: tuple[Any, ...]) -> Version:
 
 
 class SearchStore:
-    def __init__(self, pool: AsyncConnectionPool, registry: Registry) -> None:
+    def __init__(self, pool: AsyncConnectionPool) -> None:
         self.pool = pool
-        self.registry = registry
 
     async def _fetch(self, statement: Sql) -> list[tuple[Any, ...]]:
         try:

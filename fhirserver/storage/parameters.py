@@ -1,0 +1,72 @@
+"""The search parameters in force: the R4 standard set plus the custom SearchParameter resources
+stored in this database. Every server process keeps its registry current: a write to a
+SearchParameter reloads it locally and NOTIFYs the other processes, which LISTEN."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from resources.outcome import FHIRError, Unprocessable
+from search.registry import Registry
+
+log = logging.getLogger("fhirserver.parameters")
+CHANNEL = "fhir_search_parameters"
+
+
+def defines_index(resource: dict[str, Any]) -> bool:
+    """A SearchParameter meant for indexing: it names its bases and an expression, and is not retired."""
+    return bool(resource.get("base")) and bool(resource.get("expression")) and resource.get("status") != "retired"
+
+
+def check_custom(resource: dict[str, Any], registry: Registry) -> None:
+    """Reject (422) a SearchParameter whose expression this server cannot index, before it is stored."""
+    if defines_index(resource):
+        try:
+            registry.copy().add(resource)
+        except FHIRError as exc:
+            raise Unprocessable(f"This SearchParameter cannot be indexed: {exc.diagnostics}",
+                                expression="SearchParameter.expression") from exc
+
+
+class SearchParameters:
+    def __init__(self, standard: Registry) -> None:
+        self._standard = standard
+        self.current = standard
+
+    def build(self, resources: Iterable[dict[str, Any]]) -> Registry:
+        registry = self._standard.copy()
+        for resource in resources:
+            if not defines_index(resource):
+                continue
+            try:
+                registry.add(resource)
+            except FHIRError as exc:
+                log.warning("SearchParameter %s is not used for search: %s", resource.get("url"), exc.diagnostics)
+        return registry
+
+    async def reload(self, pool: AsyncConnectionPool) -> None:
+        async with pool.connection() as conn:
+            cur = await conn.execute("SELECT body FROM resource WHERE res_type = 'SearchParameter' AND NOT deleted"
+                                     " ORDER BY txid")
+            rows = await cur.fetchall()
+        self.current = self.build(row[0] for row in rows)
+
+    async def listen(self, database_url: str, pool: AsyncConnectionPool) -> None:
+        """Reload whenever another process changes a SearchParameter (runs until cancelled)."""
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+                    await conn.execute(f"LISTEN {CHANNEL}")
+                    await self.reload(pool)       # catch up with anything missed while not listening
+                    async for _ in conn.notifies():
+                        await self.reload(pool)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # keep serving with the registry we have; retry the subscription
+                log.warning("search parameter listener: %s; retrying in 5 s", exc)
+                await asyncio.sleep(5)
