@@ -12,7 +12,7 @@ from search.registry import Registry
 
 TYPE_INTERACTIONS = ("read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create",
                      "search-type")
-SYSTEM_INTERACTIONS = ("history-system", "search-system")
+SYSTEM_INTERACTIONS = ("transaction", "batch", "history-system", "search-system")
 SPECIAL = frozenset({"_text", "_content"})   # the special parameters the server implements
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 
@@ -12,6 +13,7 @@ class Request:
     query: tuple[tuple[str, str], ...] = ()  # in order, repeated names kept
     headers: dict[str, str] = field(default_factory=dict)   # lower-case names
     body: bytes = b""
+    assigned_id: str | None = None   # a create inside a transaction Bundle uses this id (never set from HTTP)
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name)
@@ -40,3 +42,4 @@ class Response:
     status: int = 200
     resource: Any = None           # a JSON-able FHIR resource, or None for an empty body
     headers: dict[str, str] = field(default_factory=dict)
+    last_updated: datetime | None = None   # full precision, for Bundle entry.response.lastModified

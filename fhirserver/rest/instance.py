@@ -51,18 +51,15 @@ def _written(ctx: Context, request: Request, result: WriteResult, message: str) 
         headers["Content-Location"] = location
     status = 201 if result.created and result.changed else 200
     prefer = neg.prefer_return(request)
-    if prefer == "minimal":
-        return Response(status, None, headers)
-    if prefer == "OperationOutcome":
-        return Response(status, information(message), headers)
-    return Response(status, version.resource, headers)
+    body = None if prefer == "minimal" else information(message) if prefer == "OperationOutcome" else version.resource
+    return Response(status, body, headers, version.last_updated)
 
 
 async def create(ctx: Context, request: Request, res_type: str) -> Response:
     resource = _incoming(ctx, request, res_type, ignore_id=True)
     condition = request.header("if-none-exist")
     criteria = parse_criteria(ctx, res_type, condition) if condition else None
-    result = await ctx.repository.create(res_type, resource, if_none_exist=criteria)
+    result = await ctx.repository.create(res_type, resource, if_none_exist=criteria, res_id=request.assigned_id)
     if not result.changed:
         return _written(ctx, request, result, f"{res_type}/{result.version.res_id} already matches If-None-Exist; "
                                                "nothing was created")

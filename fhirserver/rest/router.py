@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from fhirserver.rest import capabilities, history, instance, operations, search
+from fhirserver.rest import bundle, capabilities, history, instance, operations, search
 from fhirserver.rest.context import Context
 from fhirserver.rest.http import Request, Response
 from resources.outcome import MethodNotAllowed, NotFound
@@ -14,7 +14,7 @@ Handler = Callable[..., Awaitable[Response]]
 # (shape of the path) -> {method: handler}. Shapes: "" base, "_search", "metadata", "_history", "T" a type,
 # "T/_history", "T/_search", "T/id", "T/id/_history", "T/id/_history/vid", "T/id/T" a compartment search.
 ROUTES: dict[str, dict[str, Handler]] = {
-    "": {"GET": search.search_system},
+    "": {"GET": search.search_system, "POST": bundle.process},
     "_search": {"POST": search.search_system},
     "metadata": {"GET": capabilities.metadata},
     "_history": {"GET": history.history},

@@ -6,10 +6,11 @@ and replaces the row in `resource` (the search-index rows of issue 3 join that t
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 import psycopg
@@ -25,6 +26,7 @@ from resources.meta import new_id, stamp
 from resources.outcome import FHIRError, PreconditionFailed
 from search.query import SearchQuery
 
+T = TypeVar("T")
 _COLUMNS = "res_type, res_id, version, last_updated, txid, body"
 _RETRIES = 5
 
@@ -88,6 +90,32 @@ class Repository:
         if res_type == "SearchParameter":   # new or changed custom search parameters apply at once here
             await self.parameters.reload(self.pool)
 
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection]:
+        async with self.pool.connection() as conn:
+            yield conn
+
+    async def transaction(self, work: Callable[[Repository], Awaitable[T]]) -> T:
+        """Run `work` against a repository bound to one SQL transaction: all of its writes commit
+        together or not at all (FHIR transaction Bundles). Races are retried from the start."""
+        for attempt in range(_RETRIES):
+            try:
+                async with self.pool.connection() as conn, conn.transaction():
+                    bound = TransactionRepository(self, conn)
+                    result = await work(bound)
+                for res_type in bound.written_types:
+                    await self._after_write(res_type)
+                return result
+            except RETRYABLE as exc:
+                if attempt == _RETRIES - 1:
+                    raise to_fhir_error(exc) from exc
+                await asyncio.sleep(0.005 * (attempt + 1))
+            except FHIRError:
+                raise
+            except psycopg.Error as exc:
+                raise to_fhir_error(exc) from exc
+        raise AssertionError("unreachable")
+
     async def _run(self, work: Callable[[psycopg.AsyncConnection], Awaitable[Any]]) -> Any:
         """Run `work` in one transaction, retrying serialisation and unique-key races."""
         for attempt in range(_RETRIES):
@@ -108,7 +136,7 @@ class Repository:
 
     async def read(self, res_type: str, res_id: str) -> Version | None:
         try:
-            async with self.pool.connection() as conn:
+            async with self._connection() as conn:
                 cur = await conn.execute(
                     f"SELECT {_COLUMNS} FROM resource WHERE res_type = %s AND res_id = %s",  # noqa: S608
                     (res_type, res_id), prepare=True)
@@ -119,7 +147,7 @@ class Repository:
 
     async def vread(self, res_type: str, res_id: str, version: int) -> Version | None:
         try:
-            async with self.pool.connection() as conn:
+            async with self._connection() as conn:
                 cur = await conn.execute(
                     f"SELECT {_COLUMNS}, method FROM resource_history"  # noqa: S608
                     " WHERE res_type = %s AND res_id = %s AND version = %s", (res_type, res_id, version))
@@ -130,11 +158,12 @@ class Repository:
 
     # ---- writes --------------------------------------------------------------------------
 
-    async def create(self, res_type: str, resource: dict[str, Any], *,
-                     if_none_exist: SearchQuery | None = None) -> WriteResult:
-        """Create with a server-assigned id; with `if_none_exist`, return the one match instead."""
+    async def create(self, res_type: str, resource: dict[str, Any], *, if_none_exist: SearchQuery | None = None,
+                     res_id: str | None = None) -> WriteResult:
+        """Create with a server-assigned id (or `res_id`, fresh, chosen by a transaction);
+        with `if_none_exist`, return the one match instead."""
         if if_none_exist is None:
-            result = await self._run(lambda conn: self._insert_new(conn, res_type, resource))
+            result = await self._run(lambda conn: self._insert_new(conn, res_type, resource, res_id))
             await self._after_write(res_type)
             return result
 
@@ -147,7 +176,7 @@ class Repository:
                 current = await self._current(conn, res_type, matches[0])
                 assert current is not None
                 return WriteResult(current, created=False, changed=False)
-            return await self._insert_new(conn, res_type, resource)
+            return await self._insert_new(conn, res_type, resource, res_id)
 
         result = await self._run(conditional)
         await self._after_write(res_type)
@@ -247,7 +276,7 @@ class Repository:
                + f" ORDER BY h.txid {'DESC' if newer_first else 'ASC'} LIMIT %s")
         params.append(query.count + 1)
         try:
-            async with self.pool.connection() as conn:
+            async with self._connection() as conn:
                 cur = conn.cursor(row_factory=tuple_row)
                 await cur.execute(sql, params)
                 rows = await cur.fetchall()
@@ -269,9 +298,9 @@ class Repository:
         row = await cur.fetchone()
         return Version(*row) if row else None
 
-    async def _insert_new(self, conn: psycopg.AsyncConnection, res_type: str,
-                          resource: dict[str, Any]) -> WriteResult:
-        version = await self._append(conn, res_type, new_id(), 1, resource, "POST")
+    async def _insert_new(self, conn: psycopg.AsyncConnection, res_type: str, resource: dict[str, Any],
+                          res_id: str | None = None) -> WriteResult:
+        version = await self._append(conn, res_type, res_id or new_id(), 1, resource, "POST")
         return WriteResult(version, created=True)
 
     async def _write_version(self, conn: psycopg.AsyncConnection, res_type: str, res_id: str, build: Build,
@@ -315,14 +344,43 @@ class Repository:
             await conn.execute(f"NOTIFY {CHANNEL}")
         return Version(res_type, res_id, version, now, row[0], body, method)
 
-    async def _lock_and_find(self, conn: psycopg.AsyncConnection, res_type: str, criteria: SearchQuery) -> list[str]:
-        """Serialise conditional writes on the same criteria, then find the matching ids (at most two)."""
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
-                           (f"{res_type}?{urlencode(criteria.self_params)}",))
+    async def find_ids(self, res_type: str, criteria: SearchQuery) -> list[str]:
+        """Ids of the live resources matching `criteria` (at most two: enough to tell 'several')."""
+        async with self._connection() as conn:
+            return await self._find(conn, res_type, criteria)
+
+    async def _find(self, conn: psycopg.AsyncConnection, res_type: str, criteria: SearchQuery) -> list[str]:
         condition = where(criteria, (res_type,))
         cur = await conn.execute("SELECT r.res_id FROM resource r WHERE " + condition.text + " LIMIT 2",
                                  condition.params)
         return [row[0] for row in await cur.fetchall()]
+
+    async def _lock_and_find(self, conn: psycopg.AsyncConnection, res_type: str, criteria: SearchQuery) -> list[str]:
+        """Serialise conditional writes on the same criteria, then find the matching ids (at most two)."""
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+                           (f"{res_type}?{urlencode(criteria.self_params)}",))
+        return await self._find(conn, res_type, criteria)
+
+
+class TransactionRepository(Repository):
+    """The Repository interface bound to one open SQL transaction. Errors propagate to
+    `Repository.transaction`, which rolls back (and retries races); side effects of writes
+    (search-parameter reloads) wait for the commit."""
+
+    def __init__(self, base: Repository, conn: psycopg.AsyncConnection) -> None:
+        super().__init__(base.pool, base.parameters)
+        self.conn = conn
+        self.written_types: set[str] = set()
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection]:
+        yield self.conn
+
+    async def _run(self, work: Callable[[psycopg.AsyncConnection], Awaitable[Any]]) -> Any:
+        return await work(self.conn)
+
+    async def _after_write(self, res_type: str) -> None:
+        self.written_types.add(res_type)
 
 
 def _mismatch(res_type: str, res_id: str, wanted: int, current: Version | None) -> str:

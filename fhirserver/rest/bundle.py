@@ -1,0 +1,268 @@
+"""batch and transaction Bundles (R4 http.html#transaction, #batch).
+
+Entries re-enter the same router as single requests. A transaction runs every entry against a
+repository bound to one SQL transaction: ids are assigned first, references rewritten, then
+entries run in the order DELETE, POST, PUT/PATCH, GET/HEAD; any failure rolls everything back.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass, replace
+from email.utils import parsedate_to_datetime
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import parse_qsl
+
+from fhirserver.rest import negotiation as neg
+from fhirserver.rest.context import Context
+from fhirserver.rest.http import Request, Response
+from fhirserver.rest.search import parse_criteria
+from fhirserver.storage.repository import Repository
+from resources.jsonio import dumps, parse_body
+from resources.meta import check_id, format_instant, new_id
+from resources.outcome import BadRequest, FHIRError, Issue, PayloadTooLarge, PreconditionFailed
+from resources.types import is_resource_type
+from resources.validate import validate_resource
+
+ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
+_HEADERS = {"ifMatch": "if-match", "ifNoneMatch": "if-none-match", "ifModifiedSince": "if-modified-since",
+            "ifNoneExist": "if-none-exist"}
+MAX_ENTRIES = 10_000
+
+
+@dataclass
+class Entry:
+    index: int
+    full_url: str | None
+    method: str
+    path: str                     # below the base, e.g. 'Patient/1' or 'Patient'
+    query: str
+    resource: dict[str, Any] | None
+    headers: dict[str, str]
+    assigned_id: str | None = None
+    target: str | None = None     # 'Type/id' this entry writes, once known
+
+    @property
+    def label(self) -> str:
+        return f"Bundle.entry[{self.index}]" + (f" ({self.full_url})" if self.full_url else "")
+
+
+async def process(ctx: Context, request: Request) -> Response:
+    """POST [base]: a batch or transaction Bundle."""
+    neg.check_body_type(request)
+    bundle = parse_body(request.body)
+    if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+        raise BadRequest("POST [base] takes a Bundle of type batch or transaction", expression="resourceType")
+    kind = bundle.get("type")
+    if kind not in ("batch", "transaction"):
+        raise BadRequest(f"POST [base] takes a batch or transaction Bundle, not {kind!r}", expression="Bundle.type")
+    validate_resource(bundle)
+    raw_entries = bundle.get("entry", [])
+    if len(raw_entries) > MAX_ENTRIES:
+        raise PayloadTooLarge(f"The Bundle has {len(raw_entries)} entries; the limit is {MAX_ENTRIES}")
+    if kind == "batch":
+        return await _batch(ctx, request, raw_entries)
+    entries = [_entry(ctx, i, raw) for i, raw in enumerate(raw_entries)]
+    return await _transaction(ctx, request, entries)
+
+
+def _entry(ctx: Context, index: int, raw: dict[str, Any]) -> Entry:
+    where = f"Bundle.entry[{index}]"
+    req = raw.get("request")
+    if not isinstance(req, dict) or "method" not in req or "url" not in req:
+        raise BadRequest(f"{where} needs request.method and request.url", expression=f"{where}.request")
+    url = str(req["url"])
+    base = ctx.base_url + "/"
+    if url.startswith(base):
+        url = url[len(base):]
+    elif "://" in url:
+        raise BadRequest(f"{where}: request.url {url[:100]!r} is not on this server", expression=f"{where}.request.url")
+    path, _, query = url.partition("?")
+    headers = {"content-type": neg.FHIR_JSON}
+    headers.update({_HEADERS[k]: str(v) for k, v in req.items() if k in _HEADERS})
+    resource = raw.get("resource")
+    return Entry(index, raw.get("fullUrl"), str(req["method"]), path.strip("/"), query, resource, headers)
+
+
+def _request(entry: Entry, outer: Request) -> Request:
+    """The entry as a request for the router (the outer request's Prefer applies to every entry)."""
+    headers = dict(entry.headers)
+    if outer.header("prefer"):
+        headers["prefer"] = outer.header("prefer") or ""
+    body = b""
+    if entry.resource is not None:
+        if entry.method == "PATCH" and entry.resource.get("resourceType") == "Binary":
+            body, headers["content-type"] = _binary_patch(entry)
+        else:
+            body = dumps(entry.resource)
+    return Request(method=entry.method, path=entry.path, query=tuple(parse_qsl(entry.query, keep_blank_values=True)),
+                   headers=headers, body=body, assigned_id=entry.assigned_id)
+
+
+def _binary_patch(entry: Entry) -> tuple[bytes, str]:
+    """A JSON Patch travels in a Bundle as a Binary (R4 http.html#patch)."""
+    assert entry.resource is not None
+    try:
+        return base64.b64decode(entry.resource.get("data", ""), validate=True), \
+            str(entry.resource.get("contentType", neg.JSON_PATCH))
+    except (binascii.Error, ValueError) as exc:
+        raise BadRequest(f"{entry.label}: the Binary patch data is not base64") from exc
+
+
+def _entry_response(response: Response) -> dict[str, Any]:
+    result: dict[str, Any] = {"status": f"{response.status} {HTTPStatus(response.status).phrase}"}
+    location = response.headers.get("Location") or response.headers.get("Content-Location")
+    if location:
+        result["location"] = location
+    if "ETag" in response.headers:
+        result["etag"] = response.headers["ETag"]
+    if response.last_updated is not None:
+        result["lastModified"] = format_instant(response.last_updated)
+    elif "Last-Modified" in response.headers:
+        result["lastModified"] = format_instant(parsedate_to_datetime(response.headers["Last-Modified"]))
+    entry: dict[str, Any] = {"response": result}
+    if isinstance(response.resource, dict):
+        if response.resource.get("resourceType") == "OperationOutcome":
+            result["outcome"] = response.resource
+        else:
+            entry["resource"] = response.resource
+    return entry
+
+
+def _error_entry(error: FHIRError) -> dict[str, Any]:
+    return {"response": {"status": f"{error.status} {HTTPStatus(error.status).phrase}", "outcome": error.to_outcome()}}
+
+
+async def _batch(ctx: Context, request: Request, raw_entries: list[dict[str, Any]]) -> Response:
+    from fhirserver.rest.router import dispatch
+
+    results = []
+    for index, raw in enumerate(raw_entries):
+        try:
+            entry = _entry(ctx, index, raw)
+            if entry.method == "POST" and not entry.path:
+                raise BadRequest("A batch entry cannot itself be a batch or transaction")
+            results.append(_entry_response(await dispatch(ctx, _request(entry, request))))
+        except FHIRError as error:
+            results.append(_error_entry(error))
+    return Response(200, {"resourceType": "Bundle", "type": "batch-response", "entry": results}, {})
+
+
+async def _transaction(ctx: Context, request: Request, entries: list[Entry]) -> Response:
+    from fhirserver.rest.router import dispatch
+
+    _check_full_urls(entries)
+
+    async def work(repository: Repository) -> list[dict[str, Any]]:
+        bound = replace(ctx, repository=repository)
+        mapping = await _assign_ids(bound, entries)
+        for entry in entries:
+            if entry.resource is not None and entry.method in ("POST", "PUT"):
+                entry.resource = await _rewrite(bound, entry, entry.resource, mapping)
+        responses: dict[int, dict[str, Any]] = {}
+        for entry in sorted(entries, key=lambda e: (ORDER.get(e.method, 9), e.index)):
+            if entry.method not in ORDER:
+                raise BadRequest(f"{entry.label}: unsupported method {entry.method!r}",
+                                 expression=f"Bundle.entry[{entry.index}].request.method")
+            try:
+                responses[entry.index] = _entry_response(await dispatch(bound, _request(entry, request)))
+            except FHIRError as error:
+                raise _failed(entry, error) from error
+        return [responses[i] for i in range(len(entries))]
+
+    results = await ctx.repository.transaction(work)
+    return Response(200, {"resourceType": "Bundle", "type": "transaction-response", "entry": results}, {})
+
+
+def _failed(entry: Entry, error: FHIRError) -> FHIRError:
+    """The failing entry's error, naming the entry; the whole transaction is rolled back."""
+    issues = [Issue(f"{entry.label}: {issue.diagnostics}", issue.code, issue.severity,
+                    issue.expression or (f"Bundle.entry[{entry.index}]",)) for issue in error.issues]
+    failed = type(error)(issues[0].diagnostics, issues=issues, headers=error.headers)
+    failed.status = error.status
+    return failed
+
+
+def _check_full_urls(entries: list[Entry]) -> None:
+    seen: dict[str, int] = {}
+    for entry in entries:
+        if entry.full_url:
+            if entry.full_url in seen:
+                raise BadRequest(f"{entry.label}: fullUrl is also used by Bundle.entry[{seen[entry.full_url]}]",
+                                 expression=f"Bundle.entry[{entry.index}].fullUrl")
+            seen[entry.full_url] = entry.index
+
+
+async def _assign_ids(ctx: Context, entries: list[Entry]) -> dict[str, str]:
+    """Decide the id every POST and PUT entry will write, and map fullUrls to `Type/id`."""
+    mapping: dict[str, str] = {}
+    writes: dict[str, int] = {}
+    for entry in entries:
+        res_type = entry.path.split("/", 1)[0]
+        if entry.method == "POST" and entry.path and "/" not in entry.path:
+            target_id = None
+            condition = entry.headers.get("if-none-exist")
+            if condition and is_resource_type(res_type):
+                matches = await ctx.repository.find_ids(res_type, parse_criteria(ctx, res_type, condition))
+                if len(matches) > 1:
+                    raise _failed(entry, PreconditionFailed(
+                        f"ifNoneExist matched {len(matches)} {res_type} resources"))
+                target_id = matches[0] if matches else None
+            entry.assigned_id = new_id() if target_id is None else None
+            entry.target = f"{res_type}/{target_id or entry.assigned_id}"
+        elif entry.method == "PUT" and entry.path.count("/") == 1:
+            check_id(entry.path.split("/")[1], f"Bundle.entry[{entry.index}].request.url")
+            entry.target = entry.path
+        elif entry.method == "PUT" and "/" not in entry.path and entry.query and is_resource_type(res_type):
+            matches = await ctx.repository.find_ids(res_type, parse_criteria(ctx, res_type, entry.query))
+            if len(matches) > 1:
+                raise _failed(entry, PreconditionFailed(f"conditional update matched {len(matches)} resources"))
+            body_id = (entry.resource or {}).get("id")
+            target_id = matches[0] if matches else (body_id or new_id())
+            entry.path, entry.query = f"{res_type}/{target_id}", ""
+            if entry.resource is not None:
+                entry.resource = {**entry.resource, "id": target_id}
+            entry.target = entry.path
+        elif entry.method in ("DELETE", "PATCH") and entry.path.count("/") == 1:
+            entry.target = entry.path
+        if entry.target:
+            if entry.target in writes and entry.method != "GET":
+                raise BadRequest(f"{entry.label}: Bundle.entry[{writes[entry.target]}] already writes {entry.target}",
+                                 expression=f"Bundle.entry[{entry.index}]")
+            writes[entry.target] = entry.index
+            if entry.full_url:
+                mapping[entry.full_url] = entry.target
+    return mapping
+
+
+async def _rewrite(ctx: Context, entry: Entry, value: Any, mapping: dict[str, str]) -> Any:
+    """Rewrite every Reference.reference (at any depth) that names a bundle fullUrl or a conditional
+    reference `Type?criteria`; an unresolvable urn:uuid/urn:oid reference is an error."""
+    if isinstance(value, list):
+        return [await _rewrite(ctx, entry, item, mapping) for item in value]
+    if not isinstance(value, dict):
+        return value
+    out = {}
+    for key, item in value.items():
+        if key == "reference" and isinstance(item, str):
+            out[key] = await _resolve(ctx, entry, item, mapping)
+        else:
+            out[key] = await _rewrite(ctx, entry, item, mapping)
+    return out
+
+
+async def _resolve(ctx: Context, entry: Entry, reference: str, mapping: dict[str, str]) -> str:
+    if reference in mapping:
+        return mapping[reference]
+    if reference.startswith(("urn:uuid:", "urn:oid:")):
+        raise BadRequest(f"{entry.label}: reference {reference!r} names no entry of this Bundle",
+                         expression=f"Bundle.entry[{entry.index}].resource")
+    res_type, question, query = reference.partition("?")
+    if question and is_resource_type(res_type) and "/" not in res_type:
+        matches = await ctx.repository.find_ids(res_type, parse_criteria(ctx, res_type, query))
+        if len(matches) != 1:
+            raise _failed(entry, PreconditionFailed(
+                f"conditional reference {reference!r} matched {len(matches)} resources; it must match exactly one"))
+        return f"{res_type}/{matches[0]}"
+    return reference
