@@ -57,6 +57,15 @@ def build_parser() -> argparse.ArgumentParser:
                          help="only this resource type (repeatable)")
     reindex.add_argument("--verify", action="store_true",
                          help="afterwards, compare the stored index with a fresh extraction and report differences")
+    load = sub.add_parser("load", help="load Bundles and NDJSON files (gzip too, directories recursively)",
+                          description="Load FHIR data: Bundle files (transaction, batch or collection), NDJSON "
+                                      "(one resource per line), gzip of either, and directories recursively. Each "
+                                      "Bundle (and each 500-line NDJSON chunk) is one transaction. Resources keep "
+                                      "their ids, so loading the same data twice adds nothing. Errors are reported "
+                                      "per file and line; the rest goes on.")
+    _common(load)
+    load.add_argument("paths", nargs="+", metavar="PATH", help="files or directories to load")
+    load.add_argument("--workers", type=int, help="parallel worker processes (default: number of cores)")
     dburl = sub.add_parser("database-url", help="print the PostgreSQL URL the server uses (for psql and tools)",
                            description="Print the connection URL of the database (starting the embedded PostgreSQL "
                                        "only for as long as the command runs, unless a server is using it).")
@@ -66,7 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def settings_from(args: argparse.Namespace) -> Settings:
     flags = {k: getattr(args, k, None) for k in ("host", "port", "public_base_url", "log_level", "data_dir",
-                                                 "database_url", "workers")}
+                                                 "database_url")}
+    if args.command == "serve":
+        flags["workers"] = args.workers
     return from_environment().with_overrides(**flags)
 
 
@@ -179,6 +190,24 @@ def cmd_reindex(settings: Settings, types: list[str] | None, check: bool) -> int
         return asyncio.run(run(resolved.database_url))
 
 
+def cmd_load(settings: Settings, paths: list[str], workers: int | None) -> int:
+    from fhirserver.loader import load
+    from fhirserver.storage.migrate import migrate
+
+    with database(settings) as resolved:
+        assert resolved.database_url
+        migrate(resolved.database_url)
+        summary = load(resolved.database_url, paths, workers=workers)
+    rate = summary.resources / summary.seconds if summary.seconds else 0
+    print(f"loaded {summary.resources:,} resources from {summary.files:,} files in {summary.seconds:.1f}s "
+          f"({rate:,.0f} resources/s); {len(summary.errors)} error(s)")
+    for error in summary.errors[:50]:
+        print(f"  {error}", file=sys.stderr)
+    if len(summary.errors) > 50:
+        print(f"  ... and {len(summary.errors) - 50} more", file=sys.stderr)
+    return 1 if summary.errors else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -193,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_serve(settings)
         if args.command == "migrate":
             return cmd_migrate(settings, args.check)
+        if args.command == "load":
+            return cmd_load(settings, args.paths, args.workers)
         if args.command == "reindex":
             return cmd_reindex(settings, args.types, args.verify)
         if args.command == "database-url":

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,8 +47,14 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         return
     from fhirserver.storage.embedded import embedded_postgres
 
-    with embedded_postgres(tmp_path_factory.mktemp("pg")) as uri:
-        yield uri
+    # Not under pytest's basetemp: pytest resets its permissions (0700) when another session starts,
+    # which would lock out the PostgreSQL server running as its own system user.
+    data_dir = Path(tempfile.mkdtemp(prefix="fhirserver-test-"))
+    try:
+        with embedded_postgres(data_dir) as uri:
+            yield uri
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 class LiveServer:

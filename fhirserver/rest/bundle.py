@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from dataclasses import dataclass, replace
 from email.utils import parsedate_to_datetime
 from http import HTTPStatus
@@ -18,7 +19,7 @@ from fhirserver.rest import negotiation as neg
 from fhirserver.rest.context import Context
 from fhirserver.rest.http import Request, Response
 from fhirserver.rest.search import parse_criteria
-from fhirserver.storage.repository import Repository
+from fhirserver.storage.repository import Repository, TransactionRepository
 from resources.jsonio import dumps, parse_body
 from resources.meta import check_id, format_instant, new_id
 from resources.outcome import BadRequest, FHIRError, Issue, PayloadTooLarge, PreconditionFailed
@@ -57,12 +58,17 @@ async def process(ctx: Context, request: Request) -> Response:
     kind = bundle.get("type")
     if kind not in ("batch", "transaction"):
         raise BadRequest(f"POST [base] takes a batch or transaction Bundle, not {kind!r}", expression="Bundle.type")
-    validate_resource(bundle)
     raw_entries = bundle.get("entry", [])
+    if not isinstance(raw_entries, list):
+        raise BadRequest("Bundle.entry must be an array", expression="Bundle.entry")
     if len(raw_entries) > MAX_ENTRIES:
         raise PayloadTooLarge(f"The Bundle has {len(raw_entries)} entries; the limit is {MAX_ENTRIES}")
     if kind == "batch":
+        # each batch entry succeeds or fails on its own, so only the envelope is checked here
+        validate_resource({**bundle, "entry": [{k: v for k, v in e.items() if k != "resource"}
+                                                if isinstance(e, dict) else e for e in raw_entries]})
         return await _batch(ctx, request, raw_entries)
+    validate_resource(bundle)
     entries = [_entry(ctx, i, raw) for i, raw in enumerate(raw_entries)]
     return await _transaction(ctx, request, entries)
 
@@ -85,7 +91,7 @@ def _entry(ctx: Context, index: int, raw: dict[str, Any]) -> Entry:
     return Entry(index, raw.get("fullUrl"), str(req["method"]), path.strip("/"), query, resource, headers)
 
 
-def _request(entry: Entry, outer: Request) -> Request:
+def _request(entry: Entry, outer: Request, validated: bool = False) -> Request:
     """The entry as a request for the router (the outer request's Prefer applies to every entry)."""
     headers = dict(entry.headers)
     if outer.header("prefer"):
@@ -97,7 +103,8 @@ def _request(entry: Entry, outer: Request) -> Request:
         else:
             body = dumps(entry.resource)
     return Request(method=entry.method, path=entry.path, query=tuple(parse_qsl(entry.query, keep_blank_values=True)),
-                   headers=headers, body=body, assigned_id=entry.assigned_id)
+                   headers=headers, body=body, assigned_id=entry.assigned_id, skip_unchanged=outer.skip_unchanged,
+                   validated=validated and entry.method in ("POST", "PUT"))
 
 
 def _binary_patch(entry: Entry) -> tuple[bytes, str]:
@@ -155,24 +162,33 @@ async def _transaction(ctx: Context, request: Request, entries: list[Entry]) -> 
     _check_full_urls(entries)
 
     async def work(repository: Repository) -> list[dict[str, Any]]:
-        bound = replace(ctx, repository=repository)
-        mapping = await _assign_ids(bound, entries)
-        for entry in entries:
+        assert isinstance(repository, TransactionRepository)
+        # a retried attempt starts again from the entries as received
+        attempt = [replace(e) for e in entries]
+        bound = replace(ctx, repository=repository, searches=ctx.searches.bound(repository.conn))
+        mapping = await _assign_ids(bound, attempt)
+        await repository.lock([_key(e.target) for e in attempt if e.target and e.method in ("PUT", "PATCH", "DELETE")])
+        for entry in attempt:
             if entry.resource is not None and entry.method in ("POST", "PUT"):
                 entry.resource = await _rewrite(bound, entry, entry.resource, mapping)
         responses: dict[int, dict[str, Any]] = {}
-        for entry in sorted(entries, key=lambda e: (ORDER.get(e.method, 9), e.index)):
+        for entry in sorted(attempt, key=lambda e: (ORDER.get(e.method, 9), e.index)):
             if entry.method not in ORDER:
                 raise BadRequest(f"{entry.label}: unsupported method {entry.method!r}",
                                  expression=f"Bundle.entry[{entry.index}].request.method")
             try:
-                responses[entry.index] = _entry_response(await dispatch(bound, _request(entry, request)))
+                responses[entry.index] = _entry_response(await dispatch(bound, _request(entry, request, True)))
             except FHIRError as error:
                 raise _failed(entry, error) from error
-        return [responses[i] for i in range(len(entries))]
+        return [responses[i] for i in range(len(attempt))]
 
     results = await ctx.repository.transaction(work)
     return Response(200, {"resourceType": "Bundle", "type": "transaction-response", "entry": results}, {})
+
+
+def _key(target: str) -> tuple[str, str]:
+    res_type, _, res_id = target.partition("/")
+    return res_type, res_id
 
 
 def _failed(entry: Entry, error: FHIRError) -> FHIRError:
@@ -195,19 +211,27 @@ def _check_full_urls(entries: list[Entry]) -> None:
 
 
 async def _assign_ids(ctx: Context, entries: list[Entry]) -> dict[str, str]:
-    """Decide the id every POST and PUT entry will write, and map fullUrls to `Type/id`."""
+    """Decide the resource every write entry touches (ids for POSTs, matches for conditional
+    entries), reject overlaps, and map fullUrls to `Type/id`. Deletes are resolved first: they run
+    first, so an ifNoneExist never matches a resource this transaction deletes."""
+    deleting: set[str] = set()
+    for entry in entries:
+        if entry.method == "DELETE":
+            entry.target = await _delete_target(ctx, entry)
+            if entry.target:
+                deleting.add(entry.target)
     mapping: dict[str, str] = {}
     writes: dict[str, int] = {}
-    for entry in entries:
+    for entry in sorted(entries, key=lambda e: (ORDER.get(e.method, 9), e.index)):
         res_type = entry.path.split("/", 1)[0]
         if entry.method == "POST" and entry.path and "/" not in entry.path:
             target_id = None
             condition = entry.headers.get("if-none-exist")
             if condition and is_resource_type(res_type):
-                matches = await ctx.repository.find_ids(res_type, parse_criteria(ctx, res_type, condition))
+                matches = [m for m in await ctx.repository.find_ids(res_type, parse_criteria(ctx, res_type, condition))
+                           if f"{res_type}/{m}" not in deleting]
                 if len(matches) > 1:
-                    raise _failed(entry, PreconditionFailed(
-                        f"ifNoneExist matched {len(matches)} {res_type} resources"))
+                    raise _failed(entry, PreconditionFailed(f"ifNoneExist matched {len(matches)} {res_type} resources"))
                 target_id = matches[0] if matches else None
             entry.assigned_id = new_id() if target_id is None else None
             entry.target = f"{res_type}/{target_id or entry.assigned_id}"
@@ -224,10 +248,10 @@ async def _assign_ids(ctx: Context, entries: list[Entry]) -> dict[str, str]:
             if entry.resource is not None:
                 entry.resource = {**entry.resource, "id": target_id}
             entry.target = entry.path
-        elif entry.method in ("DELETE", "PATCH") and entry.path.count("/") == 1:
+        elif entry.method == "PATCH" and entry.path.count("/") == 1:
             entry.target = entry.path
-        if entry.target:
-            if entry.target in writes and entry.method != "GET":
+        if entry.target and entry.method != "GET":
+            if entry.target in writes:
                 raise BadRequest(f"{entry.label}: Bundle.entry[{writes[entry.target]}] already writes {entry.target}",
                                  expression=f"Bundle.entry[{entry.index}]")
             writes[entry.target] = entry.index
@@ -236,20 +260,40 @@ async def _assign_ids(ctx: Context, entries: list[Entry]) -> dict[str, str]:
     return mapping
 
 
-async def _rewrite(ctx: Context, entry: Entry, value: Any, mapping: dict[str, str]) -> Any:
-    """Rewrite every Reference.reference (at any depth) that names a bundle fullUrl or a conditional
-    reference `Type?criteria`; an unresolvable urn:uuid/urn:oid reference is an error."""
+async def _delete_target(ctx: Context, entry: Entry) -> str | None:
+    """`Type/id`, or the single match of a conditional delete (which then runs as a plain delete)."""
+    if entry.path.count("/") == 1:
+        return entry.path
+    res_type = entry.path
+    if "/" in res_type or not entry.query or not is_resource_type(res_type):
+        return None
+    matches = await ctx.repository.find_ids(res_type, parse_criteria(ctx, res_type, entry.query))
+    if len(matches) > 1:
+        raise _failed(entry, PreconditionFailed(f"conditional delete matched {len(matches)} resources"))
+    if not matches:
+        return None
+    entry.path, entry.query = f"{res_type}/{matches[0]}", ""
+    return entry.path
+
+
+_URN = re.compile(r"urn:(?:uuid|oid):[A-Za-z0-9.\-]+")
+
+
+async def _rewrite(ctx: Context, entry: Entry, value: Any, mapping: dict[str, str], key: str = "") -> Any:
+    """Rewrite what points at other entries (R4 http.html#trules): every Reference.reference at any depth
+    (bundle fullUrls and conditional references `Type?criteria`), uri/url values equal to a fullUrl, and
+    urn:uuid/urn:oid links in the narrative. An unresolvable urn:uuid/urn:oid reference is an error."""
     if isinstance(value, list):
-        return [await _rewrite(ctx, entry, item, mapping) for item in value]
-    if not isinstance(value, dict):
+        return [await _rewrite(ctx, entry, item, mapping, key) for item in value]
+    if isinstance(value, dict):
+        return {k: await _rewrite(ctx, entry, v, mapping, k) for k, v in value.items()}
+    if not isinstance(value, str):
         return value
-    out = {}
-    for key, item in value.items():
-        if key == "reference" and isinstance(item, str):
-            out[key] = await _resolve(ctx, entry, item, mapping)
-        else:
-            out[key] = await _rewrite(ctx, entry, item, mapping)
-    return out
+    if key == "reference":
+        return await _resolve(ctx, entry, value, mapping)
+    if key == "div":
+        return _URN.sub(lambda m: mapping.get(m.group(0), m.group(0)), value)
+    return mapping.get(value, value) if value.startswith("urn:") else value
 
 
 async def _resolve(ctx: Context, entry: Entry, reference: str, mapping: dict[str, str]) -> str:

@@ -35,7 +35,8 @@ def _incoming(ctx: Context, request: Request, res_type: str, *, ignore_id: bool 
     if ignore_id:
         resource.pop("id", None)
         resource.pop("_id", None)
-    validate_resource(resource)
+    if not request.validated:
+        validate_resource(resource)
     if res_type == "SearchParameter":
         check_custom(resource, ctx.registry)
     return resource
@@ -99,7 +100,8 @@ async def update(ctx: Context, request: Request, res_type: str, res_id: str) -> 
         raise BadRequest("An update must carry the resource id in the body (R4 http.html#update)", expression="id")
     if body_id != res_id:
         raise BadRequest(f"The body id {body_id!r} does not match the URL id {res_id!r}", expression="id")
-    result = await ctx.repository.update(res_type, res_id, lambda _current: resource, if_match=neg.if_match(request))
+    result = await ctx.repository.update(res_type, res_id, lambda _current: resource, if_match=neg.if_match(request),
+                                         skip_unchanged=request.skip_unchanged)
     return _written(ctx, request, result, f"{'Created' if result.created else 'Updated'} {res_type}/{res_id}")
 
 

@@ -88,9 +88,11 @@ def _clipped(value: Any) -> Any:
     return clip(value) if isinstance(value, str) else value
 
 
-async def write_index(conn: psycopg.AsyncConnection, res_type: str, res_id: str, resource: dict[str, Any] | None,
-                      registry: Registry, *, fresh: bool) -> None:
-    """Replace the index rows of (res_type, res_id) with those of `resource` (None: a delete)."""
+def index_ctes(res_type: str, res_id: str, resource: dict[str, Any] | None, registry: Registry, *,
+               fresh: bool) -> tuple[list[str], dict[str, Any]]:
+    """WITH-clause parts that replace the index rows of (res_type, res_id) with those of `resource`
+    (None: a delete), and their parameters. They use %(t)s and %(i)s for the type and id, so the caller
+    can put them in the same statement as the version it writes: one round trip per write."""
     rows = index_rows(resource, registry) if resource is not None else {}
     parts: list[str] = []
     params: dict[str, Any] = {"t": res_type, "i": res_id}
@@ -105,5 +107,12 @@ async def write_index(conn: psycopg.AsyncConnection, res_type: str, res_id: str,
             arrays.append(f"%(a{n}_{k})s::{cast}")
         parts.append(f"i{n} AS (INSERT INTO {table.name} (res_type, res_id, param, grp, {', '.join(table.columns)})"
                      f" SELECT %(t)s, %(i)s, * FROM unnest({', '.join(arrays)}))")
+    return parts, params
+
+
+async def write_index(conn: psycopg.AsyncConnection, res_type: str, res_id: str, resource: dict[str, Any] | None,
+                      registry: Registry, *, fresh: bool) -> None:
+    """Replace the index rows of (res_type, res_id) on their own (reindexing)."""
+    parts, params = index_ctes(res_type, res_id, resource, registry, fresh=fresh)
     if parts:
         await conn.execute("WITH " + ", ".join(parts) + " SELECT 1", params, prepare=True)

@@ -19,7 +19,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from fhirserver.storage.errors import RETRYABLE, to_fhir_error
-from fhirserver.storage.indexer import write_index
+from fhirserver.storage.indexer import index_ctes
 from fhirserver.storage.parameters import CHANNEL, SearchParameters
 from fhirserver.storage.sql.select import where
 from resources.meta import new_id, stamp
@@ -183,10 +183,11 @@ class Repository:
         return result
 
     async def update(self, res_type: str, res_id: str, build: Build, *, if_match: int | None = None,
-                     method: str = "PUT", must_exist: bool = False) -> WriteResult:
-        """Write a new version built from the current one, under a row lock (no lost updates)."""
+                     method: str = "PUT", must_exist: bool = False, skip_unchanged: bool = False) -> WriteResult:
+        """Write a new version built from the current one, under a row lock (no lost updates).
+        With `skip_unchanged` (bulk loads), identical content writes no new version."""
         result = await self._run(lambda conn: self._write_version(conn, res_type, res_id, build, if_match,
-                                                                  method, must_exist))
+                                                                  method, must_exist, skip_unchanged))
         await self._after_write(res_type)
         return result
 
@@ -304,7 +305,8 @@ class Repository:
         return WriteResult(version, created=True)
 
     async def _write_version(self, conn: psycopg.AsyncConnection, res_type: str, res_id: str, build: Build,
-                             if_match: int | None, method: str, must_exist: bool) -> WriteResult:
+                             if_match: int | None, method: str, must_exist: bool,
+                             skip_unchanged: bool = False) -> WriteResult:
         current = await self._current(conn, res_type, res_id, lock=True)
         live = current is not None and not current.deleted
         if if_match is not None and (not live or current is None or current.version != if_match):
@@ -315,6 +317,9 @@ class Repository:
                 raise NotFound(f"{res_type}/{res_id} does not exist")
             raise Gone(f"{res_type}/{res_id} has been deleted")
         content = build(current.resource if current is not None else None)
+        if skip_unchanged and live and current is not None and current.resource == stamp(
+                content, res_id=res_id, version=current.version, last_updated=current.last_updated):
+            return WriteResult(current, created=False, changed=False)   # identical content: no new version
         next_version = current.version + 1 if current is not None else 1
         version = await self._append(conn, res_type, res_id, next_version, content, method)
         return WriteResult(version, created=not live)
@@ -324,22 +329,24 @@ class Repository:
         """Append one version to history and make it the current row, in one statement."""
         now = _now()
         body = stamp(content, res_id=res_id, version=version, last_updated=now) if content is not None else None
+        index_parts, params = index_ctes(res_type, res_id, body, self.parameters.current, fresh=version == 1)
+        params.update({"v": version, "u": now, "m": method, "d": body is None,
+                       "b": Jsonb(body) if body is not None else None})
         cur = await conn.execute(
             """WITH h AS (
                    INSERT INTO resource_history (txid, res_type, res_id, version, last_updated, method, body)
                    VALUES (nextval('resource_txid_seq'), %(t)s, %(i)s, %(v)s, %(u)s, %(m)s, %(b)s)
-                   RETURNING txid)
-               INSERT INTO resource (res_type, res_id, version, last_updated, txid, deleted, body)
-               SELECT %(t)s, %(i)s, %(v)s, %(u)s, h.txid, %(d)s, %(b)s FROM h
-               ON CONFLICT (res_type, res_id) DO UPDATE SET version = excluded.version,
-                   last_updated = excluded.last_updated, txid = excluded.txid,
-                   deleted = excluded.deleted, body = excluded.body
-               RETURNING txid""",
-            {"t": res_type, "i": res_id, "v": version, "u": now, "m": method, "d": body is None,
-             "b": Jsonb(body) if body is not None else None}, prepare=True)
+                   RETURNING txid),
+               cur AS (
+                   INSERT INTO resource (res_type, res_id, version, last_updated, txid, deleted, body)
+                   SELECT %(t)s, %(i)s, %(v)s, %(u)s, h.txid, %(d)s, %(b)s FROM h
+                   ON CONFLICT (res_type, res_id) DO UPDATE SET version = excluded.version,
+                       last_updated = excluded.last_updated, txid = excluded.txid,
+                       deleted = excluded.deleted, body = excluded.body
+                   RETURNING txid)"""
+            + "".join(", " + part for part in index_parts) + " SELECT txid FROM cur", params, prepare=True)
         row = await cur.fetchone()
         assert row is not None
-        await write_index(conn, res_type, res_id, body, self.parameters.current, fresh=version == 1)
         if res_type == "SearchParameter":
             await conn.execute(f"NOTIFY {CHANNEL}")
         return Version(res_type, res_id, version, now, row[0], body, method)
@@ -371,6 +378,34 @@ class TransactionRepository(Repository):
         super().__init__(base.pool, base.parameters)
         self.conn = conn
         self.written_types: set[str] = set()
+        self._locked: dict[tuple[str, str], Version | None] = {}
+
+    async def lock(self, targets: list[tuple[str, str]]) -> None:
+        """Lock and fetch the current rows of every resource the transaction will write, in one query and in
+        a fixed order, so concurrent transactions over the same resources queue instead of deadlocking."""
+        wanted = sorted(set(targets))
+        if not wanted:
+            return
+        cur = await self.conn.execute(
+            f"SELECT {_COLUMNS} FROM resource WHERE (res_type, res_id) IN"  # noqa: S608
+            " (SELECT * FROM unnest(%s::text[], %s::text[])) ORDER BY res_type, res_id FOR UPDATE",
+            ([t for t, _ in wanted], [i for _, i in wanted]))
+        found = {(row[0], row[1]): Version(*row) for row in await cur.fetchall()}
+        self._locked.update({key: found.get(key) for key in wanted})
+
+    async def _current(self, conn: psycopg.AsyncConnection, res_type: str, res_id: str,
+                       lock: bool = False) -> Version | None:
+        key = (res_type, res_id)
+        if key in self._locked:
+            return self._locked[key]
+        return await super()._current(conn, res_type, res_id, lock)
+
+    async def _append(self, conn: psycopg.AsyncConnection, res_type: str, res_id: str, version: int,
+                      content: dict[str, Any] | None, method: str) -> Version:
+        written = await super()._append(conn, res_type, res_id, version, content, method)
+        if (res_type, res_id) in self._locked:
+            self._locked[(res_type, res_id)] = written
+        return written
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection]:

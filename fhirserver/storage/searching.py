@@ -44,11 +44,19 @@ def _version(row: tuple[Any, ...]) -> Version:
 
 
 class SearchStore:
-    def __init__(self, pool: AsyncConnectionPool) -> None:
+    def __init__(self, pool: AsyncConnectionPool, conn: psycopg.AsyncConnection | None = None) -> None:
         self.pool = pool
+        self.conn = conn
+
+    def bound(self, conn: psycopg.AsyncConnection) -> SearchStore:
+        """The same searches inside an open transaction (they see its uncommitted writes)."""
+        return SearchStore(self.pool, conn)
 
     async def _fetch(self, statement: Sql) -> list[tuple[Any, ...]]:
         try:
+            if self.conn is not None:
+                cur = await self.conn.execute(statement.text, statement.params)
+                return await cur.fetchall()
             async with self.pool.connection() as conn:
                 cur = await conn.execute(statement.text, statement.params)
                 return await cur.fetchall()
