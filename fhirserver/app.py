@@ -37,7 +37,8 @@ def build_app(settings: Settings) -> Starlette:
         parameters = SearchParameters(standard_registry())
         await parameters.reload(pool)
         listener = asyncio.create_task(parameters.listen(settings.database_url, pool))
-        state["ctx"] = Context(Repository(pool, parameters), SearchStore(pool), parameters, settings.base_url,
+        repository = Repository(pool, parameters, settings.base_url)
+        state["ctx"] = Context(repository, SearchStore(pool), parameters, settings.base_url,
                                settings.default_page_size, settings.max_page_size)
         try:
             yield

@@ -171,11 +171,12 @@ def cmd_reindex(settings: Settings, types: list[str] | None, check: bool) -> int
         try:
             parameters = SearchParameters(standard_registry())
             await parameters.reload(pool)
-            report = await reindex(pool, parameters.current, types, progress=ProgressLine("reindex"))
+            report = await reindex(pool, parameters.current, types, progress=ProgressLine("reindex"),
+                                   local_base=settings.base_url)
             resumed = " (resumed an interrupted job)" if report.resumed else ""
             print(f"reindexed {report.resources:,} resources in {report.seconds:.1f}s{resumed}")
             if check:
-                wrong = await verify(pool, parameters.current, types)
+                wrong = await verify(pool, parameters.current, types, local_base=settings.base_url)
                 if wrong:
                     print(f"verify: {len(wrong)} resources differ from a fresh extraction, e.g. {wrong[:5]}")
                     return 1

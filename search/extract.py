@@ -195,7 +195,7 @@ def numbers(node: Any) -> list[IndexValue]:
     if type(node) is dict:
         if "low" in node or "high" in node:
             bounds = _bounds(node)
-            return [NumberValue(*bounds[:3])] if bounds else []
+            return [NumberValue(*bounds[:3], is_range=True)] if bounds else []
         node = node.get("value")
     if type(node) is bool:
         return []
@@ -227,19 +227,21 @@ def quantities(node: Any) -> list[IndexValue]:
             return []
         low, high, value, units = bounds
         return [QuantityValue(low, high, value, _str(units.get("system")), _str(units.get("code")),
-                              _str(units.get("unit")))]
+                              _str(units.get("unit")), is_range=True)]
     value = _decimal(node.get("value")) if type(node.get("value")) is not bool else None
     if value is None:  # SampledData and anything else without a value
         return []
     low, high = number_range(value)
     comparator = node.get("comparator")
+    ranged = comparator in ("<", "<=", ">", ">=")
     if comparator in ("<", "<="):
         low, high = NEGATIVE_INFINITY, (value if comparator == "<" else high)
     elif comparator in (">", ">="):
         low, high = (value if comparator == ">" else low), POSITIVE_INFINITY
     if "currency" in node:  # Money
         return [QuantityValue(low, high, value, "urn:iso:std:iso:4217", _str(node.get("currency")), None)]
-    return [QuantityValue(low, high, value, _str(node.get("system")), _str(node.get("code")), _str(node.get("unit")))]
+    return [QuantityValue(low, high, value, _str(node.get("system")), _str(node.get("code")), _str(node.get("unit")),
+                          is_range=ranged)]
 
 
 _RELATIVE = re.compile(r"([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(?:/_history/([A-Za-z0-9\-.]{1,64}))?")

@@ -64,11 +64,12 @@ MODIFIERS: Mapping[str, frozenset[str]] = {
     "quantity": frozenset({"missing"}),
 }
 # R4 modifiers that need what the server does not have (a terminology service; reference hierarchies):
-# handled like unknown parameters (ignored, or 400 under strict handling).
+# rejected with 400, since silently dropping one would return the wrong resources.
 UNSUPPORTED_MODIFIERS: Mapping[str, frozenset[str]] = {
     "token": frozenset({"above", "below", "in", "not-in"}),
     "reference": frozenset({"above", "below"}),
 }
+FULL_TEXT = frozenset({"_text", "_content"})   # special parameters without an expression, served by the database
 SUMMARY_VALUES = ("true", "text", "data", "count", "false")
 TOTAL_VALUES = ("none", "estimate", "accurate")
 
@@ -344,6 +345,9 @@ class _Parser:
         ignored: list[str] = []
         for name, value in params:
             base = name.partition(":")[0]
+            if base == "_query":
+                raise BadRequest(f"Named query {value[:64]!r} is not known to this server (no _query is supported)",
+                                 expression="_query")
             if base in _RESULT_PARAMS:
                 self._result_param(result, name, value, types, max_count, ignored)
                 continue
@@ -417,7 +421,7 @@ class _Parser:
         return alternatives[0] if len(alternatives) == 1 else AnyClause(tuple(alternatives))
 
     def _clause(self, param: SearchParam, modifier: str | None, chain: list[str], raw: str, name: str) -> Criterion:
-        if param.expression is None:
+        if param.expression is None and param.code not in FULL_TEXT:
             raise _Skip(f"Search parameter {param.code!r} is not supported by this server")
         if param.type == "composite" and (not param.components or any(c.param is None for c in param.components)):
             raise _Skip(f"Composite search parameter {param.code!r} is not supported by this server")
@@ -431,7 +435,8 @@ class _Parser:
                 raise BadRequest(f"{name}: modifier :{modifier} is not defined for {param.type} parameters",
                                  expression=name)
             if modifier in self.unsupported.get(param.type, ()):
-                raise _Skip(f"Modifier :{modifier} is not supported by this server")
+                # ignoring it would widen (or, for :not-in, invert) the match: always an error
+                raise BadRequest(f"{name}: modifier :{modifier} is not supported by this server", expression=name)
         if chain:
             return self._chain(param, modifier, target_type, chain, raw, name)
         values = tuple(parse_value(param, modifier, target_type, piece, name, self.base_url)

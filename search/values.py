@@ -79,6 +79,7 @@ class NumberValue:
     low: Decimal
     high: Decimal
     value: Decimal
+    is_range: bool = False   # a Range: compared as the range it is, not as a number with a precision
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +96,7 @@ class QuantityValue:
     system: str | None
     code: str | None
     unit: str | None
+    is_range: bool = False   # a Range or a comparator (`<5`): compared as a range
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,8 @@ from resources.outcome import NotFound
 async def run_reindex(ctx: Context, request: Request, res_type: str | None = None) -> Response:
     """`$reindex`: rebuild the search index (of one type, or all) with the parameters in force now.
     Runs to completion within the request; `fhirserver reindex` does the same with a progress bar."""
-    report = await reindex(ctx.repository.pool, ctx.registry, [res_type] if res_type else None)
+    report = await reindex(ctx.repository.pool, ctx.registry, [res_type] if res_type else None,
+                           local_base=ctx.repository.local_base)
     return Response(200, {"resourceType": "Parameters", "parameter": [
         {"name": "resources", "valueInteger": report.resources},
         {"name": "seconds", "valueDecimal": round(report.seconds, 3)},

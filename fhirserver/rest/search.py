@@ -115,7 +115,9 @@ def _link(base: str, params: Any) -> str:
 def _entry(ctx: Context, version: Version, mode: str, query: SearchQuery) -> dict[str, Any]:
     resource = version.resource
     assert resource is not None
-    if query.summary and query.summary != "false":
+    if mode == "include":
+        pass   # _summary and _elements shape the matches; included resources come whole
+    elif query.summary and query.summary != "false":
         resource = summarize(resource, query.summary)
     elif query.elements:
         resource = select_elements(resource, list(query.elements))

@@ -11,7 +11,6 @@ from typing import Any
 
 import psycopg
 
-from fhirserver.storage.sql.fragment import clip
 from search.extract import extract
 from search.registry import Registry
 from search.values import (
@@ -40,9 +39,10 @@ TABLES: dict[type, Table] = {
     TokenValue: Table("search_token", ("system", "code", "text_norm", "type_system", "type_code"), ("text[]",) * 5),
     StringValue: Table("search_string", ("norm", "exact"), ("text[]", "text[]")),
     DateValue: Table("search_date", ("low", "high"), ("timestamptz[]", "timestamptz[]")),
-    NumberValue: Table("search_number", ("low", "high", "value"), ("numeric[]", "numeric[]", "numeric[]")),
-    QuantityValue: Table("search_quantity", ("low", "high", "value", "system", "code", "unit"),
-                         ("numeric[]", "numeric[]", "numeric[]", "text[]", "text[]", "text[]")),
+    NumberValue: Table("search_number", ("low", "high", "value", "is_range"),
+                       ("numeric[]", "numeric[]", "numeric[]", "boolean[]")),
+    QuantityValue: Table("search_quantity", ("low", "high", "value", "system", "code", "unit", "is_range"),
+                         ("numeric[]", "numeric[]", "numeric[]", "text[]", "text[]", "text[]", "boolean[]")),
     ReferenceValue: Table("search_reference",
                           ("target_type", "target_id", "url", "version", "identifier_system", "identifier_value"),
                           ("text[]",) * 6),
@@ -52,14 +52,15 @@ _FIELDS: dict[type, tuple[str, ...]] = {
     TokenValue: ("system", "code", "text", "type_system", "type_code"),
     StringValue: ("normalized", "exact"),
     DateValue: ("low", "high"),
-    NumberValue: ("low", "high", "value"),
-    QuantityValue: ("low", "high", "value", "system", "code", "unit"),
+    NumberValue: ("low", "high", "value", "is_range"),
+    QuantityValue: ("low", "high", "value", "system", "code", "unit", "is_range"),
     ReferenceValue: ("res_type", "res_id", "url", "version", "identifier_system", "identifier_value"),
     UriValue: ("uri",),
 }
 
 
-def index_rows(resource: dict[str, Any], registry: Registry) -> dict[Table, list[tuple[Any, ...]]]:
+def index_rows(resource: dict[str, Any], registry: Registry,
+               local_base: str | None = None) -> dict[Table, list[tuple[Any, ...]]]:
     """(param, grp, *values) rows per table. A composite's parts go under `code$N` sharing one grp."""
     rows: dict[Table, list[tuple[Any, ...]]] = defaultdict(list)
     groups: dict[str, int] = defaultdict(int)
@@ -70,30 +71,33 @@ def index_rows(resource: dict[str, Any], registry: Registry) -> dict[Table, list
             grp = groups[code]
             groups[code] += 1
             for i, part in enumerate(value.parts):
-                _add(rows, f"{code}${i}", grp, part)
+                _add(rows, f"{code}${i}", grp, part, local_base)
         else:
-            _add(rows, code, None, value)
+            _add(rows, code, None, value, local_base)
     return rows
 
 
-def _add(rows: dict[Table, list[tuple[Any, ...]]], param: str, grp: int | None, value: Any) -> None:
+def _add(rows: dict[Table, list[tuple[Any, ...]]], param: str, grp: int | None, value: Any,
+         local_base: str | None) -> None:
     kind = type(value)
+    if kind is ReferenceValue and value.url and "://" in value.url and value.res_id is not None \
+            and not (local_base and value.url.startswith(local_base.rstrip("/") + "/")):
+        # an absolute URL to another server is indexed by URL only, so `subject=Patient/1` does not
+        # match another server's Patient/1; one under this server's base is a local reference
+        value = ReferenceValue(None, None, value.url, value.identifier_system, value.identifier_value,
+                               value.version)
     table = TABLES.get(kind)
     if table is None:
         return
-    rows[table].append((param, grp, *(_clipped(getattr(value, f)) for f in _FIELDS[kind])))
-
-
-def _clipped(value: Any) -> Any:
-    return clip(value) if isinstance(value, str) else value
+    rows[table].append((param, grp, *(getattr(value, f) for f in _FIELDS[kind])))
 
 
 def index_ctes(res_type: str, res_id: str, resource: dict[str, Any] | None, registry: Registry, *,
-               fresh: bool) -> tuple[list[str], dict[str, Any]]:
+               fresh: bool, local_base: str | None = None) -> tuple[list[str], dict[str, Any]]:
     """WITH-clause parts that replace the index rows of (res_type, res_id) with those of `resource`
     (None: a delete), and their parameters. They use %(t)s and %(i)s for the type and id, so the caller
     can put them in the same statement as the version it writes: one round trip per write."""
-    rows = index_rows(resource, registry) if resource is not None else {}
+    rows = index_rows(resource, registry, local_base) if resource is not None else {}
     parts: list[str] = []
     params: dict[str, Any] = {"t": res_type, "i": res_id}
     if not fresh:
@@ -111,8 +115,8 @@ def index_ctes(res_type: str, res_id: str, resource: dict[str, Any] | None, regi
 
 
 async def write_index(conn: psycopg.AsyncConnection, res_type: str, res_id: str, resource: dict[str, Any] | None,
-                      registry: Registry, *, fresh: bool) -> None:
+                      registry: Registry, *, fresh: bool, local_base: str | None = None) -> None:
     """Replace the index rows of (res_type, res_id) on their own (reindexing)."""
-    parts, params = index_ctes(res_type, res_id, resource, registry, fresh=fresh)
+    parts, params = index_ctes(res_type, res_id, resource, registry, fresh=fresh, local_base=local_base)
     if parts:
         await conn.execute("WITH " + ", ".join(parts) + " SELECT 1", params, prepare=True)

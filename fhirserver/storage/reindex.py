@@ -41,7 +41,8 @@ async def _open_job(pool: AsyncConnectionPool, res_types: list[str]) -> tuple[in
 
 
 async def reindex(pool: AsyncConnectionPool, registry: Registry, res_types: list[str] | None = None, *,
-                  batch_size: int = 500, progress: Progress | None = None) -> ReindexReport:
+                  batch_size: int = 500, progress: Progress | None = None,
+                  local_base: str | None = None) -> ReindexReport:
     types = sorted(res_types or [])
     job_id, last_type, last_id, done, resumed = await _open_job(pool, types)
     type_filter = "AND res_type = ANY(%(types)s)" if types else ""
@@ -60,7 +61,7 @@ async def reindex(pool: AsyncConnectionPool, registry: Registry, res_types: list
                 {"types": types, "t": last_type, "i": last_id, "n": batch_size})
             rows = await cur.fetchall()
             for res_type, res_id, body in rows:
-                await write_index(conn, res_type, res_id, body, registry, fresh=False)
+                await write_index(conn, res_type, res_id, body, registry, fresh=False, local_base=local_base)
             if rows:
                 last_type, last_id = rows[-1][0], rows[-1][1]
                 done += len(rows)
@@ -74,7 +75,7 @@ async def reindex(pool: AsyncConnectionPool, registry: Registry, res_types: list
 
 
 async def verify(pool: AsyncConnectionPool, registry: Registry, res_types: list[str] | None = None,
-                 limit: int | None = None) -> list[str]:
+                 limit: int | None = None, local_base: str | None = None) -> list[str]:
     """Compare stored index rows with a fresh extraction; return the resources that differ."""
     types = sorted(res_types or [])
     type_filter = "AND res_type = ANY(%(types)s)" if types else ""
@@ -84,7 +85,7 @@ async def verify(pool: AsyncConnectionPool, registry: Registry, res_types: list[
         cur = await conn.execute(f"SELECT res_type, res_id, body FROM resource WHERE NOT deleted {type_filter}"  # noqa: S608
                                  f" ORDER BY res_type, res_id {limit_sql}", {"types": types, "limit": limit})
         for res_type, res_id, body in await cur.fetchall():
-            expected = index_rows(body, registry)
+            expected = index_rows(body, registry, local_base)
             for table in TABLES.values():
                 cols = ", ".join(["param", "grp", *table.columns])
                 stored = await (await conn.execute(

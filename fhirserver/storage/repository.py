@@ -78,13 +78,16 @@ Build = Callable[[dict[str, Any] | None], dict[str, Any]]
 
 
 def _now() -> datetime:
-    return datetime.now(UTC)
+    """Now, at the millisecond precision meta.lastUpdated shows (so searches on it match exactly)."""
+    moment = datetime.now(UTC)
+    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
 
 
 class Repository:
-    def __init__(self, pool: AsyncConnectionPool, parameters: SearchParameters) -> None:
+    def __init__(self, pool: AsyncConnectionPool, parameters: SearchParameters, local_base: str | None = None) -> None:
         self.pool = pool
         self.parameters = parameters
+        self.local_base = local_base   # absolute references under this base index as local ones
 
     async def _after_write(self, res_type: str) -> None:
         if res_type == "SearchParameter":   # new or changed custom search parameters apply at once here
@@ -329,7 +332,8 @@ class Repository:
         """Append one version to history and make it the current row, in one statement."""
         now = _now()
         body = stamp(content, res_id=res_id, version=version, last_updated=now) if content is not None else None
-        index_parts, params = index_ctes(res_type, res_id, body, self.parameters.current, fresh=version == 1)
+        index_parts, params = index_ctes(res_type, res_id, body, self.parameters.current, fresh=version == 1,
+                                         local_base=self.local_base)
         params.update({"v": version, "u": now, "m": method, "d": body is None,
                        "b": Jsonb(body) if body is not None else None})
         cur = await conn.execute(
@@ -375,7 +379,7 @@ class TransactionRepository(Repository):
     (search-parameter reloads) wait for the commit."""
 
     def __init__(self, base: Repository, conn: psycopg.AsyncConnection) -> None:
-        super().__init__(base.pool, base.parameters)
+        super().__init__(base.pool, base.parameters, base.local_base)
         self.conn = conn
         self.written_types: set[str] = set()
         self._locked: dict[tuple[str, str], Version | None] = {}

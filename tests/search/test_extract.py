@@ -91,7 +91,7 @@ def test_precision_survives_json_parsing() -> None:
     body = jsonio.loads(b'{"resourceType":"RiskAssessment","prediction":[{"probabilityDecimal":0.2}]}')
     assert values(body, "probability") == [NumberValue(D("0.15"), D("0.25"), D("0.2"))]
     body = jsonio.loads(b'{"resourceType":"RiskAssessment","prediction":[{"probabilityRange":{"low":{"value":1}}}]}')
-    assert values(body, "probability") == [NumberValue(D("0.5"), INF, D("1"))]
+    assert values(body, "probability") == [NumberValue(D("0.5"), INF, D("1"), is_range=True)]
     assert number_range(D("1.000000000000000000E-245"))[1] == D("1.0000000000000000005E-245")
 
 
@@ -102,13 +102,13 @@ def test_quantities() -> None:
     assert values_of("quantity", quantity) == [
         QuantityValue(D("5.35"), D("5.45"), D("5.4"), "http://unitsofmeasure.org", "mmol/L", "mmol/l")]
     [below] = values_of("quantity", {"value": 5, "comparator": "<"})
-    assert isinstance(below, QuantityValue) and (below.low, below.high) == (-INF, D(5))
+    assert isinstance(below, QuantityValue) and (below.low, below.high) == (-INF, D(5)) and below.is_range
     [at_least] = values_of("quantity", {"value": 5, "comparator": ">="})
     assert isinstance(at_least, QuantityValue) and (at_least.low, at_least.high) == (D("4.5"), INF)
     assert values_of("quantity", {"value": 10, "currency": "EUR"}) == [
         QuantityValue(D("9.5"), D("10.5"), D(10), "urn:iso:std:iso:4217", "EUR", None)]
     assert values_of("quantity", {"low": {"value": 1, "unit": "a"}, "high": {"value": 2, "unit": "a"}}) == [
-        QuantityValue(D("0.5"), D("2.5"), D(1), None, None, "a")]
+        QuantityValue(D("0.5"), D("2.5"), D(1), None, None, "a", is_range=True)]
     assert values_of("quantity", {"origin": {"value": 0}, "period": 10, "dimensions": 1, "data": "1 2"}) == []
 
 

@@ -1,20 +1,22 @@
 -- Search index: typed rows extracted at write time from each SearchParameter's expression,
 -- written in the same transaction as the version they describe. One table per parameter type.
 -- `grp` ties together the components of one composite match (NULL for plain parameters).
+-- Values are stored whole; btree indexes cover their first 256 characters (PostgreSQL limits an
+-- index entry to ~2.7 kB), and queries compare that prefix (for the index) and the whole value.
 
 CREATE TABLE search_token (
     res_type text NOT NULL, res_id text NOT NULL, param text NOT NULL, grp smallint,
     system text, code text, text_norm text,
     type_system text, type_code text              -- Identifier.type, for :of-type
 );
-CREATE INDEX search_token_code ON search_token (res_type, param, code, system);
+CREATE INDEX search_token_code ON search_token (res_type, param, left(code, 256), left(system, 256));
 CREATE INDEX search_token_owner ON search_token (res_type, res_id);
 
 CREATE TABLE search_string (
     res_type text NOT NULL, res_id text NOT NULL, param text NOT NULL, grp smallint,
     norm text NOT NULL, exact text NOT NULL
 );
-CREATE INDEX search_string_norm ON search_string (res_type, param, norm text_pattern_ops);
+CREATE INDEX search_string_norm ON search_string (res_type, param, left(norm, 256) text_pattern_ops);
 CREATE INDEX search_string_owner ON search_string (res_type, res_id);
 
 CREATE TABLE search_date (
@@ -26,7 +28,8 @@ CREATE INDEX search_date_owner ON search_date (res_type, res_id);
 
 CREATE TABLE search_number (
     res_type text NOT NULL, res_id text NOT NULL, param text NOT NULL, grp smallint,
-    low numeric NOT NULL, high numeric NOT NULL, value numeric NOT NULL
+    low numeric NOT NULL, high numeric NOT NULL, value numeric NOT NULL,
+    is_range boolean NOT NULL DEFAULT false        -- a Range: compared as a range, not a point
 );
 CREATE INDEX search_number_range ON search_number (res_type, param, low, high);
 CREATE INDEX search_number_owner ON search_number (res_type, res_id);
@@ -34,7 +37,8 @@ CREATE INDEX search_number_owner ON search_number (res_type, res_id);
 CREATE TABLE search_quantity (
     res_type text NOT NULL, res_id text NOT NULL, param text NOT NULL, grp smallint,
     low numeric NOT NULL, high numeric NOT NULL, value numeric NOT NULL,
-    system text, code text, unit text
+    system text, code text, unit text,
+    is_range boolean NOT NULL DEFAULT false
 );
 CREATE INDEX search_quantity_range ON search_quantity (res_type, param, low, high);
 CREATE INDEX search_quantity_owner ON search_quantity (res_type, res_id);
@@ -46,14 +50,14 @@ CREATE TABLE search_reference (
 );
 CREATE INDEX search_reference_target ON search_reference (res_type, param, target_id, target_type);
 CREATE INDEX search_reference_reverse ON search_reference (target_type, target_id, param);
-CREATE INDEX search_reference_url ON search_reference (res_type, param, url) WHERE url IS NOT NULL;
+CREATE INDEX search_reference_url ON search_reference (res_type, param, left(url, 256)) WHERE url IS NOT NULL;
 CREATE INDEX search_reference_owner ON search_reference (res_type, res_id);
 
 CREATE TABLE search_uri (
     res_type text NOT NULL, res_id text NOT NULL, param text NOT NULL, grp smallint,
     uri text NOT NULL
 );
-CREATE INDEX search_uri_value ON search_uri (res_type, param, uri);
+CREATE INDEX search_uri_value ON search_uri (res_type, param, left(uri, 256));
 CREATE INDEX search_uri_owner ON search_uri (res_type, res_id);
 
 -- _content (all text of the resource) and _text (the narrative), PostgreSQL full-text search.

@@ -11,6 +11,7 @@ from search.query import (
     Criterion,
     HasClause,
     MissingQuery,
+    SpecialQuery,
     StringQuery,
     TokenQuery,
     Value,
@@ -60,6 +61,8 @@ def _clause(clause: Clause, r: str, aliases: Aliases) -> Sql:
     if clause.chain is not None:
         return _chain(clause, r, aliases)
     missing = [v for v in clause.values if isinstance(v, MissingQuery)]
+    if code in ("_id", "_lastUpdated") and missing:
+        return sql("FALSE" if missing[0].missing else "TRUE")   # every resource has both
     if missing:
         return _missing(param, missing[0].missing, r, aliases)
     if code == "_id":
@@ -71,7 +74,7 @@ def _clause(clause: Clause, r: str, aliases: Aliases) -> Sql:
                                            code) for v in clause.values)
     if code in ("_text", "_content"):
         column = "text_fts" if code == "_text" else "content_fts"
-        texts = [v.value for v in clause.values if isinstance(v, StringQuery)]
+        texts = [v.value for v in clause.values if isinstance(v, StringQuery | SpecialQuery)]
         return any_of(sql(f"{r}.{column} @@ websearch_to_tsquery('simple', %s)", t) for t in texts)
     if param.type == "composite":
         return any_of(_composite(param, v, r, aliases, clause) for v in clause.values)

@@ -58,12 +58,15 @@ def like_prefix(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-INDEX_TEXT_BYTES = 1000   # well under PostgreSQL's ~2.7 kB btree entry limit, with room for the key prefix
+INDEXED_CHARS = 256   # the btree indexes cover left(value, 256): see migration 0002
 
 
-def clip(text: str) -> str:
-    """Index text is cut to INDEX_TEXT_BYTES of UTF-8; queries clip the same way, so matching still works
-    (a very long value matches on its first kilobyte)."""
-    if len(text) * 4 <= INDEX_TEXT_BYTES:
-        return text
-    return text.encode("utf-8")[:INDEX_TEXT_BYTES].decode("utf-8", "ignore")
+def text_equals(column: str, value: str) -> Sql:
+    """`column = value`, written so the planner can use the index on left(column, 256)."""
+    return sql(f"(left({column}, {INDEXED_CHARS}) = %s AND {column} = %s)", value[:INDEXED_CHARS], value)
+
+
+def text_starts_with(column: str, prefix: str) -> Sql:
+    """`column` starts with `prefix` (taken literally), index-friendly as above."""
+    return sql(f"(left({column}, {INDEXED_CHARS}) LIKE %s AND {column} LIKE %s)",
+               like_prefix(prefix[:INDEXED_CHARS]) + "%", like_prefix(prefix) + "%")

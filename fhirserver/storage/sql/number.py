@@ -16,6 +16,38 @@ QUANTITY_TABLE = "search_quantity"
 
 
 def _compare(value: NumberQuery | QuantityQuery, x: str, param: str) -> Sql:
+    """A stored Range (or a comparator like `<5`) is compared as the range it is; a plain number by its value."""
+    return sql(f"(CASE WHEN {x}.is_range THEN ") + _range(value, x, param) + sql(" ELSE ") \
+        + _point(value, x, param) + sql(" END)")
+
+
+def _range(value: NumberQuery | QuantityQuery, x: str, param: str) -> Sql:
+    low, high, v = f"{x}.low", f"{x}.high", value.value
+    inside = sql(f"({low} >= %s AND {high} <= %s)", value.low, value.high)
+    match value.prefix:
+        case "eq":
+            return inside
+        case "ne":
+            return negate(inside)
+        case "gt":
+            return sql(f"{high} > %s", v)
+        case "lt":
+            return sql(f"{low} < %s", v)
+        case "ge":
+            return sql(f"({high} > %s OR ", v) + inside + sql(")")
+        case "le":
+            return sql(f"({low} < %s OR ", v) + inside + sql(")")
+        case "sa":
+            return sql(f"{low} > %s", v)
+        case "eb":
+            return sql(f"{high} <= %s", v)
+        case "ap":
+            spread = abs(v) * Decimal("0.1")
+            return sql(f"({low} <= %s AND {high} >= %s)", v + spread, v - spread)
+    raise BadRequest(f"{param}: unknown prefix {value.prefix!r}", expression=param)
+
+
+def _point(value: NumberQuery | QuantityQuery, x: str, param: str) -> Sql:
     column = f"{x}.value"
     eq = sql(f"({column} >= %s AND {column} < %s)", value.low, value.high)
     match value.prefix:

@@ -1,7 +1,7 @@
 """reference parameters: id, Type/id, absolute or canonical URL, :Type, :identifier."""
 from __future__ import annotations
 
-from fhirserver.storage.sql.fragment import Sql, all_of, clip, sql
+from fhirserver.storage.sql.fragment import Sql, all_of, sql, text_equals
 from resources.outcome import BadRequest
 from search.query import IdentifierQuery, ReferenceQuery, Value
 
@@ -27,7 +27,7 @@ def condition(value: Value, x: str, param: str, target_type: str | None) -> Sql:
             parts.append(sql(f"{x}.version = %s", value.version))
         return all_of(parts)
     if value.url is not None:
-        parts = [sql(f"{x}.url = %s", clip(value.url))]
+        parts = [text_equals(f"{x}.url", value.url)]
         if value.version is not None:
             parts.append(sql(f"{x}.version = %s", value.version))
         return all_of(parts)

@@ -1,7 +1,7 @@
 """token parameters: code, system|code, |code, system|, :text, :of-type (R4 search.html#token)."""
 from __future__ import annotations
 
-from fhirserver.storage.sql.fragment import Sql, all_of, clip, like_prefix, sql
+from fhirserver.storage.sql.fragment import Sql, all_of, like_prefix, sql, text_equals
 from resources.outcome import BadRequest
 from search.query import OfTypeQuery, TextQuery, TokenQuery, Value
 from search.values import normalize_string
@@ -13,11 +13,11 @@ def condition(value: Value, x: str, param: str) -> Sql:
     if isinstance(value, TokenQuery):
         parts = []
         if value.code is not None:
-            parts.append(sql(f"{x}.code = %s", clip(value.code)))
+            parts.append(text_equals(f"{x}.code", value.code))
         if value.system == "":
             parts.append(sql(f"{x}.system IS NULL"))
         elif value.system is not None:
-            parts.append(sql(f"{x}.system = %s", clip(value.system)))
+            parts.append(text_equals(f"{x}.system", value.system))
         return all_of(parts)
     if isinstance(value, TextQuery):
         text = like_prefix(normalize_string(value.text))
