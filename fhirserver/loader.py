@@ -68,42 +68,33 @@ def idempotent_entry(entry: dict[str, Any]) -> dict[str, Any]:
     return entry
 
 
+def _lines(path: Path) -> Iterator[bytes]:
+    """The lines of a (possibly gzipped) file, streamed: memory stays flat whatever the file size."""
+    with path.open("rb") as raw:
+        gzipped = raw.read(2) == b"\x1f\x8b"
+    with (gzip.open(path, "rb") if gzipped else path.open("rb")) as stream:
+        yield from stream
+
+
 def units(path: Path, report: FileReport) -> Iterator[tuple[str, dict[str, Any], int]]:
     """(label, transaction Bundle, resource count) units of one file; bad lines go to the report."""
     try:
+        if path.name.removesuffix(".gz").endswith(".ndjson"):
+            yield from _ndjson_units(path, _lines(path), report)
+            return
         data = _read(path)
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
         report.errors.append(f"{path}: cannot read: {exc}")
         return
-    bundle: Any = None
-    if not path.name.removesuffix(".gz").endswith(".ndjson"):
-        try:
-            bundle = loads(data)
-        except ValueError as exc:
-            try:   # several JSON documents, one per line: NDJSON whatever the file is called
-                loads(data.lstrip().split(b"\n", 1)[0])
-            except ValueError:
-                report.errors.append(f"{path}: not JSON: {exc}")
-                return
-    if bundle is None:
-        chunk: list[dict[str, Any]] = []
-        start = 1
-        for number, line in enumerate(data.split(b"\n"), 1):
-            if not line.strip():
-                continue
-            try:
-                resource = loads(line)
-                validate_resource(resource)
-            except (ValueError, FHIRError) as exc:
-                message = exc.diagnostics if isinstance(exc, FHIRError) else str(exc)
-                report.errors.append(f"{path}:{number}: {message[:300]}")
-                continue
-            chunk.append(idempotent_entry({"resource": resource}))
-            if len(chunk) == CHUNK:
-                yield f"{path}:{start}-{number}", _transaction(chunk), len(chunk)
-                chunk, start = [], number + 1
-        if chunk:
-            yield f"{path}:{start}-", _transaction(chunk), len(chunk)
+    try:
+        bundle = loads(data)
+    except ValueError as exc:
+        try:   # several JSON documents, one per line: NDJSON whatever the file is called
+            loads(data.lstrip().split(b"\n", 1)[0])
+        except ValueError:
+            report.errors.append(f"{path}: not JSON: {exc}")
+            return
+        yield from _ndjson_units(path, iter(data.split(b"\n")), report)
         return
     if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
         if isinstance(bundle, dict) and "resourceType" in bundle:   # a single resource file
@@ -114,6 +105,28 @@ def units(path: Path, report: FileReport) -> Iterator[tuple[str, dict[str, Any],
     entries = [idempotent_entry(e) for e in bundle.get("entry", []) if isinstance(e, dict)]
     kind = "batch" if bundle.get("type") == "batch" else "transaction"
     yield str(path), {"resourceType": "Bundle", "type": kind, "entry": entries}, len(entries)
+
+
+def _ndjson_units(path: Path, lines: Iterator[bytes],
+                  report: FileReport) -> Iterator[tuple[str, dict[str, Any], int]]:
+    chunk: list[dict[str, Any]] = []
+    start = 1
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            resource = loads(line)
+            validate_resource(resource)
+        except (ValueError, FHIRError) as exc:
+            message = exc.diagnostics if isinstance(exc, FHIRError) else str(exc)
+            report.errors.append(f"{path}:{number}: {message[:300]}")
+            continue
+        chunk.append(idempotent_entry({"resource": resource}))
+        if len(chunk) == CHUNK:
+            yield f"{path}:{start}-{number}", _transaction(chunk), len(chunk)
+            chunk, start = [], number + 1
+    if chunk:
+        yield f"{path}:{start}-", _transaction(chunk), len(chunk)
 
 
 def _transaction(entries: list[dict[str, Any]]) -> dict[str, Any]:
