@@ -474,6 +474,18 @@ def test_token_coding_code_and_contactpoint(d: Data) -> None:
     assert d.found("Patient", "email:missing=true") == {"p2", "p3"}
 
 
+def test_token_on_a_string_element_is_case_insensitive(d: Data) -> None:
+    """search.html#token: "Note that matches on _id are always case sensitive. If the underlying data type is
+    string then the search is not case sensitive." ValueSet.version is a string searched by the token `version`."""
+    d.create("vs", {"resourceType": "ValueSet", "status": "draft", "url": f"http://example.org/vs/{d.tag}",
+                    "version": "1.0.0-Beta"})
+    d.expect("ValueSet", "version=1.0.0-Beta", equals={"vs"})
+    d.expect("ValueSet", "version=1.0.0-beta", equals={"vs"})
+    upper = d.ids["vs"].upper()
+    d.expect("ValueSet", f"_id={upper}", equals=set() if upper != d.ids["vs"] else {"vs"})
+    d.verify()
+
+
 # ============================================================================================== reference
 
 

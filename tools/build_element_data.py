@@ -37,5 +37,34 @@ def main(source: str) -> None:
     print(f"wrote {OUT} ({len(result)} resource types)")
 
 
+
+
+def build_case_insensitive_tokens(profiles: str, search_parameters: str) -> None:
+    """Token parameters whose path ends at a `string` element: R4 search.html#token says those match
+    case-insensitively. Written to resources/data/case-insensitive-tokens.json as {type: [code]}."""
+    import re
+
+    element_types: dict[str, list[str]] = {}
+    for entry in json.loads(Path(profiles).read_text())["entry"]:
+        sd = entry["resource"]
+        if sd.get("resourceType") == "StructureDefinition" and sd.get("kind") == "resource":
+            for element in sd["snapshot"]["element"]:
+                element_types[element["path"]] = [t["code"] for t in element.get("type", [])]
+    found: dict[str, set[str]] = {}
+    for entry in json.loads(Path(search_parameters).read_text())["entry"]:
+        param = entry["resource"]
+        if param["type"] != "token" or not param.get("expression"):
+            continue
+        for branch in param["expression"].split("|"):
+            path = branch.strip().strip("()")
+            if re.fullmatch(r"[A-Za-z]+(\.[A-Za-z]+)+", path) and element_types.get(path) == ["string"]:
+                found.setdefault(path.split(".")[0], set()).add(param["code"])
+    out = OUT.parent / "case-insensitive-tokens.json"
+    out.write_text(json.dumps({t: sorted(c) for t, c in sorted(found.items())}, separators=(",", ":")))
+    print(f"wrote {out}")
+
+
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "../shared/fhir-r4/profiles-resources.json")
+    profiles = sys.argv[1] if len(sys.argv) > 1 else "../shared/fhir-r4/profiles-resources.json"
+    main(profiles)
+    build_case_insensitive_tokens(profiles, str(Path(profiles).parent / "search-parameters.json"))

@@ -6,13 +6,14 @@ in the caller's transaction, in one statement that also removes the previous ver
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import psycopg
 
 from search.extract import extract
 from search.registry import Registry
+from search.tokens import case_insensitive
 from search.values import (
     CompositeValue,
     DateValue,
@@ -64,9 +65,12 @@ def index_rows(resource: dict[str, Any], registry: Registry,
     """(param, grp, *values) rows per table. A composite's parts go under `code$N` sharing one grp."""
     rows: dict[Table, list[tuple[Any, ...]]] = defaultdict(list)
     groups: dict[str, int] = defaultdict(int)
+    res_type = str(resource.get("resourceType", ""))
     for code, value in extract(resource, registry):
         if code in RESOURCE_COLUMNS:
             continue
+        if type(value) is TokenValue and value.code and case_insensitive(res_type, code):
+            value = replace(value, code=value.code.lower())
         if isinstance(value, CompositeValue):
             grp = groups[code]
             groups[code] += 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 from fhirserver.storage.sql.fragment import Sql, all_of, like_prefix, sql, text_equals
 from resources.outcome import BadRequest
 from search.query import OfTypeQuery, TextQuery, TokenQuery, Value
+from search.tokens import case_insensitive_types
 from search.values import normalize_string
 
 TABLE = "search_token"
@@ -13,7 +14,7 @@ def condition(value: Value, x: str, param: str) -> Sql:
     if isinstance(value, TokenQuery):
         parts = []
         if value.code is not None:
-            parts.append(text_equals(f"{x}.code", value.code))
+            parts.append(_code_equals(x, param, value.code))
         if value.system == "":
             parts.append(sql(f"{x}.system IS NULL"))
         elif value.system is not None:
@@ -28,5 +29,11 @@ def condition(value: Value, x: str, param: str) -> Sql:
     raise BadRequest(f"{param}: this kind of token search is not supported", expression=param)
 
 
-def sort_column(descending: bool) -> str:
-    return "code"
+def _code_equals(x: str, param: str, code: str) -> Sql:
+    """Exact, except on the types where this parameter's element is a string (stored lower-cased)."""
+    folded = case_insensitive_types(param)
+    if not folded:
+        return text_equals(f"{x}.code", code)
+    return (sql(f"(({x}.res_type <> ALL(%s) AND ", list(folded)) + text_equals(f"{x}.code", code)
+            + sql(f") OR ({x}.res_type = ANY(%s) AND ", list(folded)) + text_equals(f"{x}.code", code.lower())
+            + sql("))"))
