@@ -91,7 +91,8 @@ async def verify(pool: AsyncConnectionPool, registry: Registry, res_types: list[
                 stored = await (await conn.execute(
                     f"SELECT {cols} FROM {table.name} WHERE res_type = %s AND res_id = %s",  # noqa: S608
                     (res_type, res_id))).fetchall()
-                if Counter(map(_normal, stored)) != Counter(map(_normal, expected.get(table, []))):
+                wanted = [tuple(row[c] for c in ("param", "grp", *table.columns)) for row in expected.get(table, [])]
+                if Counter(map(_normal, stored)) != Counter(map(_normal, wanted)):
                     wrong.append(f"{res_type}/{res_id}")
                     break
     return wrong
