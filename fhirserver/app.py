@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
@@ -33,6 +34,7 @@ def build_app(settings: Settings) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         assert settings.database_url, "the CLI resolves the database before starting the app"
         warm_up()  # build the validator tables now, not on the first request
+        standard_registry()
         pool = await open_pool(settings.database_url, min_size=settings.pool_min, max_size=settings.pool_max)
         parameters = SearchParameters(standard_registry())
         await parameters.reload(pool)
@@ -40,6 +42,8 @@ def build_app(settings: Settings) -> Starlette:
         repository = Repository(pool, parameters, settings.base_url)
         state["ctx"] = Context(repository, SearchStore(pool), parameters, settings.base_url,
                                settings.default_page_size, settings.max_page_size)
+        gc.collect()
+        gc.freeze()   # start-up objects live forever: keep them out of the collector's full passes
         try:
             yield
         finally:

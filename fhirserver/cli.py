@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import os
 import signal
 import sys
 from collections.abc import Iterator
@@ -118,12 +117,9 @@ def cmd_serve(settings: Settings) -> int:
         uv = dict(host=resolved.host, port=resolved.port, log_level=resolved.log_level, access_log=False,
                   lifespan="on", server_header=False, proxy_headers=True)
         if resolved.workers > 1:
-            os.environ["DATABASE_URL"] = resolved.database_url
-            for key, value in (("HOST", resolved.host), ("PORT", resolved.port), ("BASE_PATH", resolved.base_path),
-                               ("PUBLIC_BASE_URL", resolved.public_base_url), ("LOG_LEVEL", resolved.log_level)):
-                if value is not None:
-                    os.environ[f"FHIRSERVER_{key}"] = str(value)
-            uvicorn.run("fhirserver.app:create_app", factory=True, workers=resolved.workers, **uv)  # type: ignore[arg-type]
+            from fhirserver.serving import run_workers
+
+            run_workers(resolved, uv)
         else:
             from fhirserver.app import build_app
 

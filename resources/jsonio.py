@@ -16,8 +16,10 @@ import orjson
 
 from resources.outcome import BadRequest
 
-# A number (after `:`, `[` or `,`) with a trailing fraction zero, an exponent, or 16+ digits.
-_LOSSY_NUMBER = re.compile(rb"[:\[,]\s*-?(?:\d+\.\d*0\s*[,\]}]|\d+(?:\.\d+)?[eE]|\d{16,}|[\d.]{17,})")
+# A JSON number (between `:`/`[`/`,` and `,`/`]`/`}`) that a float would not write back the same: a trailing
+# fraction zero, an exponent, 16+ integer digits or 15+ fraction digits. Text inside strings rarely has that shape
+# (a string's characters are followed by a quote), so resources with OIDs or versions keep the fast path.
+_LOSSY_NUMBER = re.compile(rb"[:\[,]\s*-?(?:\d+\.\d*0|\d+(?:\.\d+)?[eE][+-]?\d+|\d{16,}|\d+\.\d{15,})\s*[,\]}]")
 
 
 def _default(obj: Any) -> Any:

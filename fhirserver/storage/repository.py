@@ -119,6 +119,16 @@ class Repository:
                 raise to_fhir_error(exc) from exc
         raise AssertionError("unreachable")
 
+    async def _single(self, work: Callable[[psycopg.AsyncConnection], Awaitable[Any]]) -> Any:
+        """Run `work` that is one atomic statement, in autocommit: no BEGIN/COMMIT round trips."""
+        try:
+            async with self._connection() as conn:
+                return await work(conn)
+        except FHIRError:
+            raise
+        except psycopg.Error as exc:
+            raise to_fhir_error(exc) from exc
+
     async def _run(self, work: Callable[[psycopg.AsyncConnection], Awaitable[Any]]) -> Any:
         """Run `work` in one transaction, retrying serialisation and unique-key races."""
         for attempt in range(_RETRIES):
@@ -166,7 +176,8 @@ class Repository:
         """Create with a server-assigned id (or `res_id`, fresh, chosen by a transaction);
         with `if_none_exist`, return the one match instead."""
         if if_none_exist is None:
-            result = await self._run(lambda conn: self._insert_new(conn, res_type, resource, res_id))
+            run = self._run if res_type == "SearchParameter" else self._single   # (+ NOTIFY: two statements)
+            result = await run(lambda conn: self._insert_new(conn, res_type, resource, res_id))
             await self._after_write(res_type)
             return result
 
@@ -417,6 +428,8 @@ class TransactionRepository(Repository):
 
     async def _run(self, work: Callable[[psycopg.AsyncConnection], Awaitable[Any]]) -> Any:
         return await work(self.conn)
+
+    _single = _run   # inside the transaction, errors must reach Repository.transaction (which retries)
 
     async def _after_write(self, res_type: str) -> None:
         self.written_types.add(res_type)
