@@ -351,10 +351,10 @@ class Repository:
             """WITH h AS (
                    INSERT INTO resource_history (txid, res_type, res_id, version, last_updated, method, body)
                    VALUES (nextval('resource_txid_seq'), %(t)s, %(i)s, %(v)s, %(u)s, %(m)s, %(b)s)
-                   RETURNING txid),
+                   RETURNING txid, body),
                cur AS (
                    INSERT INTO resource (res_type, res_id, version, last_updated, txid, deleted, body)
-                   SELECT %(t)s, %(i)s, %(v)s, %(u)s, h.txid, %(d)s, %(b)s FROM h
+                   SELECT %(t)s, %(i)s, %(v)s, %(u)s, h.txid, %(d)s, h.body FROM h
                    ON CONFLICT (res_type, res_id) DO UPDATE SET version = excluded.version,
                        last_updated = excluded.last_updated, txid = excluded.txid,
                        deleted = excluded.deleted, body = excluded.body
