@@ -101,23 +101,19 @@ class Repository:
     async def transaction(self, work: Callable[[Repository], Awaitable[T]]) -> T:
         """Run `work` against a repository bound to one SQL transaction: all of its writes commit
         together or not at all (FHIR transaction Bundles). Races are retried from the start."""
-        for attempt in range(_RETRIES):
-            try:
-                async with self.pool.connection() as conn, conn.transaction():
-                    bound = TransactionRepository(self, conn)
-                    result = await work(bound)
-                for res_type in bound.written_types:
-                    await self._after_write(res_type)
-                return result
-            except RETRYABLE as exc:
-                if attempt == _RETRIES - 1:
-                    raise to_fhir_error(exc) from exc
-                await asyncio.sleep(0.005 * (attempt + 1))
-            except FHIRError:
-                raise
-            except psycopg.Error as exc:
-                raise to_fhir_error(exc) from exc
-        raise AssertionError("unreachable")
+        written: set[str] = set()
+
+        async def attempt(conn: psycopg.AsyncConnection) -> T:
+            bound = TransactionRepository(self, conn)
+            result = await work(bound)
+            written.clear()
+            written.update(bound.written_types)
+            return result
+
+        result = await self._run(attempt)
+        for res_type in written:
+            await self._after_write(res_type)
+        return result
 
     async def _single(self, work: Callable[[psycopg.AsyncConnection], Awaitable[Any]]) -> Any:
         """Run `work` that is one atomic statement, in autocommit: no BEGIN/COMMIT round trips."""
@@ -130,7 +126,7 @@ class Repository:
             raise to_fhir_error(exc) from exc
 
     async def _run(self, work: Callable[[psycopg.AsyncConnection], Awaitable[Any]]) -> Any:
-        """Run `work` in one transaction, retrying serialisation and unique-key races."""
+        """Run `work` in one transaction, retrying serialisation, deadlock and unique-key races."""
         for attempt in range(_RETRIES):
             try:
                 async with self.pool.connection() as conn, conn.transaction():
