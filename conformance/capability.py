@@ -47,6 +47,7 @@ def build_capability_statement(
     conditional: Mapping[str, object] | None = None,
     security: Mapping[str, Any] | None = None,
     date: str | None = None,
+    instantiates: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Return a CapabilityStatement (kind=instance) describing one FHIR REST server endpoint.
 
@@ -58,6 +59,7 @@ def build_capability_statement(
     - `conditional`: any of conditionalCreate/conditionalUpdate (bool), conditionalRead and conditionalDelete
       (codes from the R4 value sets), applied to every type.
     - `security`: copied verbatim into rest[0].security (e.g. SMART's oauth-uris extension).
+    - `instantiates`: canonical URLs of CapabilityStatements this server conforms to (e.g. Bulk Data's).
 
     Raises ValueError for codes outside the R4 required value sets, so a typo cannot publish an invalid statement.
     """
@@ -100,11 +102,16 @@ def build_capability_statement(
     software: dict[str, Any] = {"name": software_name, "version": software_version}
     if release_date:
         software["releaseDate"] = release_date
-    return {
+    statement: dict[str, Any] = {
         "resourceType": "CapabilityStatement",
         "status": "active",
         "date": date or datetime.now(UTC).isoformat(timespec="seconds"),
         "kind": "instance",
+    }
+    if instantiates:
+        statement["instantiates"] = _unique(instantiates)
+    return {
+        **statement,
         "software": software,
         "implementation": {"description": f"{software_name} FHIR R4 server", "url": base_url},
         "fhirVersion": FHIR_VERSION,

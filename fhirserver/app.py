@@ -10,17 +10,24 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request as HTTPRequest
 from starlette.responses import Response as HTTPResponse
+from starlette.responses import StreamingResponse
 from starlette.routing import Route
 
+from fhirserver.bulk.config import ExportConfig
+from fhirserver.bulk.manifest import FILE_PATH
+from fhirserver.bulk.worker import Worker
+from fhirserver.rest import export
 from fhirserver.rest.context import Context
+from fhirserver.rest.http import Request
 from fhirserver.settings import Settings, from_environment
 from fhirserver.storage.database import open_pool
+from fhirserver.storage.export import ExportStore
 from fhirserver.storage.parameters import SearchParameters
 from fhirserver.storage.repository import Repository
 from fhirserver.storage.searching import SearchStore
 from fhirserver.web.adapter import make_endpoint
 from fhirserver.web.responses import internal_error, render_error
-from resources.outcome import BadRequest, MethodNotAllowed, NotFound
+from resources.outcome import BadRequest, FHIRError, MethodNotAllowed, NotFound
 from resources.validate import warm_up
 from search.registry import standard_registry
 
@@ -29,6 +36,8 @@ METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 def build_app(settings: Settings) -> Starlette:
     state: dict[str, Context] = {}
+    export_config = ExportConfig.from_settings(settings)
+    export.configure(export_config)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -42,12 +51,19 @@ def build_app(settings: Settings) -> Starlette:
         repository = Repository(pool, parameters, settings.base_url)
         state["ctx"] = Context(repository, SearchStore(pool), parameters, settings.base_url,
                                settings.default_page_size, settings.max_page_size)
+        exporter = None
+        if export_config.workers > 0:   # Bulk Data export parts are also taken by `fhirserver worker` processes
+            exporter = asyncio.create_task(Worker(ExportStore(pool), export_config, lambda: parameters.current).run())
         gc.collect()
         gc.freeze()   # start-up objects live forever: keep them out of the collector's full passes
         try:
             yield
         finally:
             listener.cancel()
+            if exporter is not None:
+                exporter.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await exporter   # hands its parts back before the pool closes
             await pool.close()
 
     async def not_found(http_request: HTTPRequest, exc: Exception) -> HTTPResponse:
@@ -62,9 +78,23 @@ def build_app(settings: Settings) -> Starlette:
     async def server_error(http_request: HTTPRequest, exc: Exception) -> HTTPResponse:
         return internal_error(exc)
 
+    async def export_file(http_request: HTTPRequest) -> HTTPResponse:
+        """Bulk Data output files: streamed, so they bypass the JSON rendering of the FHIR endpoint."""
+        request = Request(method=http_request.method, path=http_request.url.path,
+                          headers={k.lower(): v for k, v in http_request.headers.items()})
+        try:
+            found = await export.download(state["ctx"], request, http_request.path_params["job"],
+                                          http_request.path_params["name"])
+        except FHIRError as error:
+            return render_error(error, request)
+        except Exception as exc:
+            return internal_error(exc, request)
+        return StreamingResponse(found.chunks, headers=found.headers)
+
     endpoint = make_endpoint(settings, lambda: state["ctx"])
     base = settings.base_path
-    routes = [Route(base, endpoint, methods=METHODS), Route(base + "/{path:path}", endpoint, methods=METHODS)]
+    routes = [Route(base + f"/{FILE_PATH}/{{job}}/{{name}}", export_file, methods=["GET", "HEAD"]),
+              Route(base, endpoint, methods=METHODS), Route(base + "/{path:path}", endpoint, methods=METHODS)]
     return Starlette(routes=routes, lifespan=lifespan,
                      exception_handlers={HTTPException: not_found, 404: not_found, 500: server_error})
 

@@ -1,4 +1,5 @@
-"""`fhirserver` command line: serve, migrate. Every subcommand reads the same settings."""
+"""`fhirserver` command line: serve, migrate, load, reindex, export, worker. Every subcommand reads the same
+settings."""
 from __future__ import annotations
 
 import argparse
@@ -65,6 +66,31 @@ def build_parser() -> argparse.ArgumentParser:
     _common(load)
     load.add_argument("paths", nargs="+", metavar="PATH", help="files or directories to load")
     load.add_argument("--workers", type=int, help="parallel worker processes (default: number of cores)")
+    export = sub.add_parser("export", help="Bulk Data export of the whole server to NDJSON files (with progress)",
+                            description="Export every resource (or the given types) as of now into OUT_DIR: one "
+                                        "or more NDJSON files per type, a manifest.json, and the transactionTime "
+                                        "to pass as --since next time for an incremental export. Uses the same "
+                                        "machinery as GET [base]/$export; safe while the server is running.")
+    _common(export)
+    export.add_argument("out_dir", metavar="OUT_DIR", help="directory for the files (created; must be empty)")
+    export.add_argument("--type", dest="types", action="append", metavar="TYPE",
+                        help="only this resource type (repeatable, or comma-separated)")
+    export.add_argument("--since", help="only resources changed after this FHIR instant (e.g. an earlier "
+                                        "export's transactionTime)")
+    export.add_argument("--type-filter", dest="type_filters", action="append", metavar="QUERY",
+                        help="a search that resources of its type must match, e.g. 'Observation?code=1234-5' "
+                             "(repeatable; several for one type are OR-ed)")
+    export.add_argument("--gzip", action="store_true", help="write .ndjson.gz files")
+    export.add_argument("--workers", type=int, default=2, help="parts exported at once (default 2)")
+    worker = sub.add_parser("worker", help="run a Bulk Data export worker (next to the server, or on more hosts)",
+                            description="Take parts of $export jobs from the database and write their files, until "
+                                        "Ctrl-C or SIGTERM. Any number of workers (and servers) share the jobs of a "
+                                        "queue; a worker that dies has its part taken over by another. Workers "
+                                        "write where the job says (the server's export directory): run them where "
+                                        "that directory is reachable.")
+    _common(worker)
+    worker.add_argument("--concurrency", type=int, default=2, help="parts processed at once (default 2)")
+    worker.add_argument("--queue", help="job queue to serve (env FHIRSERVER_EXPORT_QUEUE; default 'default')")
     dburl = sub.add_parser("database-url", help="print the PostgreSQL URL the server uses (for psql and tools)",
                            description="Print the connection URL of the database (starting the embedded PostgreSQL "
                                        "only for as long as the command runs, unless a server is using it).")
@@ -77,6 +103,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
                                                  "database_url")}
     if args.command == "serve":
         flags["workers"] = args.workers
+    if args.command == "worker":
+        flags["export_queue"] = args.queue
     return from_environment().with_overrides(**flags)
 
 
@@ -205,6 +233,36 @@ def cmd_load(settings: Settings, paths: list[str], workers: int | None) -> int:
     return 1 if summary.errors else 0
 
 
+def cmd_export(settings: Settings, args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from fhirserver.bulk.export_command import run_export
+    from fhirserver.storage.migrate import migrate
+
+    out_dir = Path(args.out_dir).expanduser().resolve()
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        print(f"error: {out_dir} must be an empty or new directory", file=sys.stderr)
+        return 2
+    query = [("_type", t) for t in args.types or []] + [("_typeFilter", q) for q in args.type_filters or []]
+    if args.since:
+        query.append(("_since", args.since))
+    with database(settings) as resolved:
+        assert resolved.database_url
+        migrate(resolved.database_url)
+        return run_export(resolved, out_dir, query, workers=max(1, args.workers), gzip=args.gzip)
+
+
+def cmd_worker(settings: Settings, concurrency: int) -> int:
+    signal.signal(signal.SIGTERM, _terminate_like_interrupt)
+    from fhirserver.bulk.export_command import run_worker
+    from fhirserver.storage.migrate import migrate
+
+    with database(settings) as resolved:
+        assert resolved.database_url
+        migrate(resolved.database_url)
+        return run_worker(resolved, max(1, concurrency))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -223,6 +281,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_load(settings, args.paths, args.workers)
         if args.command == "reindex":
             return cmd_reindex(settings, args.types, args.verify)
+        if args.command == "export":
+            return cmd_export(settings, args)
+        if args.command == "worker":
+            return cmd_worker(settings, args.concurrency)
         if args.command == "database-url":
             with database(settings) as resolved:
                 print(resolved.database_url)

@@ -33,6 +33,18 @@ class Settings:
     default_page_size: int = 50      # _count when the client gives none (search and history)
     max_page_size: int = 1000        # the largest _count honoured
     log_level: str = "info"
+    # Bulk Data $export (docs/bulk-export.md)
+    export_dir: Path | None = None           # where job files go; None: DATA_DIR/exports
+    export_file_bytes: int = 128 * 1024 * 1024   # an output file is split when it would grow past this
+    export_gzip: bool = False                # store output files gzipped (served as-is to gzip clients)
+    export_expiry_seconds: int = 24 * 3600   # files and job disappear this long after completion
+    export_workers: int = 1                  # export parts processed at once inside each server process (0: none)
+    export_queue: str = "default"            # workers take only jobs kicked off with the same queue name
+    export_lease_seconds: float = 30.0       # a part whose worker stops renewing this long is taken over
+    export_retry_after: int = 2              # Retry-After (s) sent to clients polling an unfinished job
+    export_min_poll_seconds: float = 1.0     # polls of one job closer together than this get 429
+    export_part_rows: int = 250_000          # larger types are split into parts that workers share
+    export_throttle: int = 0                 # max resources/s per part (0: unlimited), to spare clinical load
 
     @property
     def base_url(self) -> str:
@@ -45,12 +57,26 @@ class Settings:
     def pgdata(self) -> Path:
         return self.data_dir / "pgdata"
 
+    @property
+    def export_directory(self) -> Path:
+        return self.export_dir if self.export_dir is not None else self.data_dir / "exports"
+
     def with_overrides(self, **overrides: object) -> Settings:
         """Apply command-line flags: only the ones the user actually gave (not None)."""
         given = {k: v for k, v in overrides.items() if v is not None}
-        if "data_dir" in given:
-            given["data_dir"] = Path(str(given["data_dir"])).expanduser()
+        for key in ("data_dir", "export_dir"):
+            if key in given:
+                given[key] = Path(str(given[key])).expanduser()
         return replace(self, **given)  # type: ignore[arg-type]
+
+
+def _boolean(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
 
 
 def from_environment(env: dict[str, str] | None = None) -> Settings:
@@ -63,15 +89,20 @@ def from_environment(env: dict[str, str] | None = None) -> Settings:
     values: dict[str, object] = {}
     for name, convert in (("HOST", str), ("PORT", int), ("BASE_PATH", str), ("PUBLIC_BASE_URL", str),
                           ("WORKERS", int), ("POOL_MIN", int), ("POOL_MAX", int), ("MAX_BODY_BYTES", int),
-                          ("DEFAULT_PAGE_SIZE", int), ("MAX_PAGE_SIZE", int), ("LOG_LEVEL", str)):
+                          ("DEFAULT_PAGE_SIZE", int), ("MAX_PAGE_SIZE", int), ("LOG_LEVEL", str),
+                          ("EXPORT_FILE_BYTES", int), ("EXPORT_GZIP", _boolean), ("EXPORT_EXPIRY_SECONDS", int),
+                          ("EXPORT_WORKERS", int), ("EXPORT_QUEUE", str), ("EXPORT_LEASE_SECONDS", float),
+                          ("EXPORT_RETRY_AFTER", int), ("EXPORT_MIN_POLL_SECONDS", float),
+                          ("EXPORT_PART_ROWS", int), ("EXPORT_THROTTLE", int)):
         raw = get(name)
         if raw is not None:
             try:
                 values[name.lower()] = convert(raw)
             except ValueError as exc:
                 raise SystemExit(f"error: {ENV_PREFIX}{name}={raw!r} is not a valid value ({exc})") from exc
-    if get("DATA_DIR"):
-        values["data_dir"] = Path(str(get("DATA_DIR"))).expanduser()
+    for name in ("DATA_DIR", "EXPORT_DIR"):
+        if get(name):
+            values[name.lower()] = Path(str(get(name))).expanduser()
     database_url = env.get("DATABASE_URL") or get("DATABASE_URL")
     if database_url:
         values["database_url"] = database_url

@@ -78,6 +78,8 @@ def start_server(args: list[str], log: Path, env: dict[str, str] | None = None, 
     port = free_port()
     out = log.open("wb")
     environment = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    # bulk export files of test servers go to a throwaway directory, never the user's data dir
+    environment.setdefault("FHIRSERVER_EXPORT_DIR", tempfile.mkdtemp(prefix="fhirserver-exports-"))
     environment.update(env or {})
     process = subprocess.Popen([sys.executable, "-m", "fhirserver.cli", "serve", "--port", str(port), *args],
                                stdout=out, stderr=subprocess.STDOUT, env=environment)

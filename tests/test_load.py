@@ -99,13 +99,17 @@ def test_missing_path_is_a_clear_error(database_url: str) -> None:
 @pytest.mark.slow
 def test_sigkill_mid_load_leaves_whole_bundles_and_rerun_completes(tmp_path: Path, database_url: str,
                                                                     db: psycopg.Connection) -> None:
-    files = SYNTHEA[-30:-22]    # big bundles, so the kill lands mid-way
+    files = SYNTHEA[-40:-24]    # big bundles, so the kill lands mid-way
     for f in files:
         shutil.copy(f, tmp_path / f.name)
     process = subprocess.Popen([sys.executable, "-m", "fhirserver.cli", "load", "--database-url", database_url,
                                 "--workers", "2", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                start_new_session=True)
-    time.sleep(6)
+    everything = set().union(*(_bundle_ids(f) for f in files))
+    deadline = time.monotonic() + 120
+    while _present(db, everything) == 0 and time.monotonic() < deadline:   # wait for the first commits
+        time.sleep(0.05)
+    time.sleep(0.3)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     complete = 0

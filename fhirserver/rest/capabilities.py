@@ -14,6 +14,13 @@ TYPE_INTERACTIONS = ("read", "vread", "update", "patch", "delete", "history-inst
                      "search-type")
 SYSTEM_INTERACTIONS = ("transaction", "batch", "history-system", "search-system")
 SPECIAL = frozenset({"_text", "_content"})   # the special parameters the server implements
+_BULK = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/"
+OPERATIONS = (
+    {"name": "export", "definition": _BULK + "export"},
+    {"name": "export", "definition": _BULK + "patient-export", "resource": "Patient"},
+    {"name": "export", "definition": _BULK + "group-export", "resource": "Group"},
+    {"name": "reindex", "definition": "urn:fhirserver:OperationDefinition:reindex"},
+)
 
 
 def search_params(registry: Registry) -> dict[str, list[dict[str, str]]]:
@@ -44,7 +51,8 @@ def statement(base_url: str, registry: Registry) -> dict:
         software_version=software_version(),
         patch_formats=(neg.JSON_PATCH,),
         search_params=search_params(registry),
-        operations=[{"name": "reindex", "definition": "urn:fhirserver:OperationDefinition:reindex"}],
+        operations=OPERATIONS,
+        instantiates=("http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data",),
         conditional={"conditionalCreate": True, "conditionalUpdate": True, "conditionalDelete": "single",
                      "conditionalRead": "full-support"},
     )

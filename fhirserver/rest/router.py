@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from fhirserver.rest import bundle, capabilities, history, instance, operations, search
+from fhirserver.rest import bundle, capabilities, export, history, instance, operations, search
 from fhirserver.rest.context import Context
 from fhirserver.rest.http import Request, Response
 from resources.outcome import MethodNotAllowed, NotFound
@@ -12,7 +12,8 @@ from resources.types import is_resource_type
 Handler = Callable[..., Awaitable[Response]]
 
 # (shape of the path) -> {method: handler}. Shapes: "" base, "_search", "metadata", "_history", "T" a type,
-# "T/_history", "T/_search", "T/id", "T/id/_history", "T/id/_history/vid", "T/id/T" a compartment search.
+# "T/_history", "T/_search", "T/id", "T/id/_history", "T/id/_history/vid", "T/id/T" a compartment search,
+# "$op", "T/$op", "T/id/$op" operations, "$export-status" a Bulk Data job (its files: fhirserver.app).
 ROUTES: dict[str, dict[str, Handler]] = {
     "": {"GET": search.search_system, "POST": bundle.process},
     "_search": {"POST": search.search_system},
@@ -26,8 +27,10 @@ ROUTES: dict[str, dict[str, Handler]] = {
     "T/id/_history": {"GET": history.history},
     "T/id/_history/vid": {"GET": instance.vread},
     "T/id/T": {"GET": search.search_compartment},
-    "$op": {"POST": operations.system_operation},
-    "T/$op": {"POST": operations.type_operation},
+    "$op": {"GET": operations.system_operation, "POST": operations.system_operation},
+    "T/$op": {"GET": operations.type_operation, "POST": operations.type_operation},
+    "T/id/$op": {"GET": operations.instance_operation, "POST": operations.instance_operation},
+    "$export-status": {"GET": export.status, "DELETE": export.cancel},
 }
 
 
@@ -40,6 +43,8 @@ def resolve(segments: list[str]) -> tuple[str, list[str]]:
         return head, []
     if head.startswith("$") and len(segments) == 1:
         return "$op", [head]
+    if head == "$export-status" and len(segments) == 2:
+        return "$export-status", [segments[1]]
     if head.startswith("$") or head.startswith("_"):
         raise NotFound(f"Unknown system endpoint {head[:64]!r}")
     if not is_resource_type(head):
@@ -55,6 +60,8 @@ def resolve(segments: list[str]) -> tuple[str, list[str]]:
         return "T/$op", [head, rest[0]]
     if len(rest) == 1:
         return "T/id", [head, rest[0]]
+    if len(rest) == 2 and rest[1].startswith("$"):
+        return "T/id/$op", [head, rest[0], rest[1]]
     if len(rest) == 2 and rest[1] == "_history":
         return "T/id/_history", [head, rest[0]]
     if len(rest) == 3 and rest[1] == "_history":
