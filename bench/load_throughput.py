@@ -46,8 +46,9 @@ class PeakRSS:
                 root = psutil.Process(self.root)
                 tree = [root, *root.children(recursive=True)]
                 app = sum(p.memory_info().rss for p in tree if p.name() != "postgres")
-                pg = sum(p.memory_info().rss for p in psutil.process_iter(["name", "cmdline"])
-                         if p.info["name"] == "postgres" and self.pgdata in " ".join(p.info["cmdline"] or []))
+                postmasters = [p for p in psutil.process_iter(["name", "cmdline"])
+                               if p.info["name"] == "postgres" and self.pgdata in " ".join(p.info["cmdline"] or [])]
+                pg = sum(p.memory_info().rss for m in postmasters for p in [m, *m.children(recursive=True)])
                 self.peak_app, self.peak_pg = max(self.peak_app, app), max(self.peak_pg, pg)
             except psutil.Error:
                 pass
