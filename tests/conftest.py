@@ -73,17 +73,27 @@ class LiveServer:
         return int(self.process.returncode)
 
 
-def start_server(args: list[str], log: Path, env: dict[str, str] | None = None, timeout: float = 60) -> LiveServer:
-    """Run `fhirserver serve ARGS` in a subprocess and wait until /metadata answers."""
-    port = free_port()
-    out = log.open("wb")
-    environment = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+def start_server(args: list[str], log: Path, env: dict[str, str] | None = None, timeout: float = 60, *,
+                 host: str = "127.0.0.1", port: int | None = None,
+                 environment: dict[str, str] | None = None) -> LiveServer:
+    """Run `fhirserver serve ARGS` in a subprocess and wait until http://HOST:PORT/fhir/metadata answers.
+
+    `--port` is added unless `port` is given (e.g. set through the environment). `environment` replaces the
+    inherited one (which loses DATABASE_URL); `env` is added on top either way."""
+    if port is None:
+        port = free_port()
+        args = ["--port", str(port), *args]
+    if environment is None:
+        environment = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    environment = dict(environment)
     # bulk export files of test servers go to a throwaway directory, never the user's data dir
     environment.setdefault("FHIRSERVER_EXPORT_DIR", tempfile.mkdtemp(prefix="fhirserver-exports-"))
     environment.update(env or {})
-    process = subprocess.Popen([sys.executable, "-m", "fhirserver.cli", "serve", "--port", str(port), *args],
-                               stdout=out, stderr=subprocess.STDOUT, env=environment)
+    with log.open("wb") as out:
+        process = subprocess.Popen([sys.executable, "-m", "fhirserver.cli", "serve", *args],
+                                   stdout=out, stderr=subprocess.STDOUT, env=environment)
     server = LiveServer(process, port, log)
+    server.base_url = f"http://{host}:{port}/fhir"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -93,7 +103,7 @@ def start_server(args: list[str], log: Path, env: dict[str, str] | None = None, 
                 return server
         except httpx.TransportError:
             pass
-        time.sleep(0.2)
+        time.sleep(0.1)
     server.stop()
     raise RuntimeError(f"server did not start within {timeout}s:\n{log.read_text()}")
 

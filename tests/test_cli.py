@@ -27,7 +27,7 @@ import psutil
 import psycopg
 import pytest
 
-from tests.conftest import LiveServer, free_port
+from tests.conftest import LiveServer, free_port, start_server
 
 FHIR_JSON = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}
 _SCRIPT = Path(sys.executable).parent / "fhirserver"
@@ -53,29 +53,11 @@ def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> s
 
 def serve(args: list[str], log: Path, *, env: dict[str, str] | None = None, host: str = "127.0.0.1",
           port: int | None = None, timeout: float = 60) -> LiveServer:
-    """Run `fhirserver serve ARGS` (adding --port unless `port` is given, e.g. through the environment) and wait
-    until http://HOST:PORT/fhir/metadata answers."""
-    if port is None:
-        port = free_port()
-        args = [*args, "--port", str(port)]
-    out = log.open("wb")
-    process = subprocess.Popen([*FHIRSERVER, "serve", *args], stdout=out, stderr=subprocess.STDOUT,
-                               env=_environment(env))
-    out.close()
-    live = LiveServer(process, port, log)
-    live.base_url = f"http://{host}:{port}/fhir"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"server exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            if httpx.get(live.base_url + "/metadata", timeout=2).status_code == 200:
-                return live
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    live.stop()
-    raise AssertionError(f"server did not answer within {timeout}s:\n{log.read_text()}")
+    """Run `fhirserver serve ARGS` with none of the test process's database or server settings."""
+    try:
+        return start_server(args, log, timeout=timeout, host=host, port=port, environment=_environment(env))
+    except RuntimeError as exc:
+        raise AssertionError(str(exc)) from None
 
 
 def stop_with(live: LiveServer, sig: signal.Signals, timeout: float = 30) -> int:
