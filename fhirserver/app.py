@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request as HTTPRequest
+from starlette.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.responses import Response as HTTPResponse
-from starlette.responses import StreamingResponse
 from starlette.routing import Route
 
 from fhirserver.bulk.config import ExportConfig
@@ -22,10 +22,12 @@ from fhirserver.rest.http import Request
 from fhirserver.settings import Settings, from_environment
 from fhirserver.storage.database import open_pool
 from fhirserver.storage.export import ExportStore
+from fhirserver.storage.health import job_queue, pool_stats, readiness
 from fhirserver.storage.parameters import SearchParameters
 from fhirserver.storage.repository import Repository
 from fhirserver.storage.searching import SearchStore
 from fhirserver.web.adapter import make_endpoint
+from fhirserver.web.metrics import Metrics
 from fhirserver.web.responses import internal_error, render_error
 from resources.outcome import BadRequest, FHIRError, MethodNotAllowed, NotFound
 from resources.validate import warm_up
@@ -91,9 +93,29 @@ def build_app(settings: Settings) -> Starlette:
             return internal_error(exc, request)
         return StreamingResponse(found.chunks, headers=found.headers)
 
-    endpoint = make_endpoint(settings, lambda: state["ctx"])
+    metrics = Metrics()
+
+    async def health(http_request: HTTPRequest) -> HTTPResponse:
+        """Liveness: the process answers (no database involved)."""
+        return JSONResponse({"status": "ok"})
+
+    async def ready(http_request: HTTPRequest) -> HTTPResponse:
+        """Readiness: the database answers and has every migration this code needs."""
+        problems = await readiness(state["ctx"].repository.pool) if "ctx" in state else ["starting"]
+        return JSONResponse({"status": "not ready" if problems else "ready", "problems": problems},
+                            status_code=503 if problems else 200)
+
+    async def prometheus(http_request: HTTPRequest) -> HTTPResponse:
+        pool = state["ctx"].repository.pool
+        gauges = {"pool_connections": pool_stats(pool)}
+        with contextlib.suppress(Exception):   # the metrics page must not fail when the database does
+            gauges["export_parts"] = await job_queue(pool)
+        return PlainTextResponse(metrics.render(gauges), media_type="text/plain; version=0.0.4")
+
+    endpoint = make_endpoint(settings, lambda: state["ctx"], metrics)
     base = settings.base_path
-    routes = [Route(base + f"/{FILE_PATH}/{{job}}/{{name}}", export_file, methods=["GET", "HEAD"]),
+    routes = [Route("/health", health), Route("/ready", ready), Route("/metrics", prometheus),
+              Route(base + f"/{FILE_PATH}/{{job}}/{{name}}", export_file, methods=["GET", "HEAD"]),
               Route(base, endpoint, methods=METHODS), Route(base + "/{path:path}", endpoint, methods=METHODS)]
     return Starlette(routes=routes, lifespan=lifespan,
                      exception_handlers={HTTPException: not_found, 404: not_found, 500: server_error})

@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 from fhirserver.rest import bundle, capabilities, export, history, instance, operations, search
 from fhirserver.rest.context import Context
 from fhirserver.rest.http import Request, Response
-from resources.outcome import MethodNotAllowed, NotFound
+from resources.outcome import FHIRError, MethodNotAllowed, NotFound
 from resources.types import is_resource_type
 
 Handler = Callable[..., Awaitable[Response]]
@@ -82,3 +82,13 @@ async def dispatch(ctx: Context, request: Request) -> Response:
         raise MethodNotAllowed(f"{request.method} is not supported on {where}; allowed: {allowed}",
                                headers={"Allow": allowed})
     return await handler(ctx, request, *args)
+
+
+def interaction(request: Request) -> str:
+    """A short name of what the request asked for (the handler's name), for metrics and logs."""
+    try:
+        shape, _ = resolve(request.segments)
+    except FHIRError:
+        return "unknown"
+    handler = ROUTES.get(shape, {}).get("GET" if request.method == "HEAD" else request.method)
+    return handler.__name__ if handler is not None else "unsupported"

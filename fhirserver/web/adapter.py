@@ -15,8 +15,9 @@ from starlette.responses import Response as HTTPResponse
 from fhirserver.rest.context import Context
 from fhirserver.rest.http import Request
 from fhirserver.rest.negotiation import check_accept
-from fhirserver.rest.router import dispatch
+from fhirserver.rest.router import dispatch, interaction
 from fhirserver.settings import Settings
+from fhirserver.web.metrics import Metrics
 from fhirserver.web.responses import internal_error, render, render_error
 from resources.outcome import BadRequest, FHIRError, MethodNotAllowed, PayloadTooLarge
 
@@ -70,7 +71,11 @@ def _to_rest(request: HTTPRequest, body: bytes) -> Request:
 Endpoint = Callable[[HTTPRequest], Awaitable[HTTPResponse]]
 
 
-def make_endpoint(settings: Settings, context: Callable[[], Context]) -> Endpoint:
+SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY",
+                    "Referrer-Policy": "no-referrer", "Cache-Control": "no-store"}
+
+
+def make_endpoint(settings: Settings, context: Callable[[], Context], metrics: Metrics) -> Endpoint:
     """The one endpoint under the FHIR base; every error leaves it as an OperationOutcome."""
 
     async def fhir_endpoint(http_request: HTTPRequest) -> HTTPResponse:
@@ -90,6 +95,10 @@ def make_endpoint(settings: Settings, context: Callable[[], Context]) -> Endpoin
             response = render_error(error, request)
         except Exception as exc:  # the one place unexpected failures become a 500 OperationOutcome
             response = internal_error(exc, request)
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        seconds = time.perf_counter() - started
+        metrics.observe(interaction(request) if request is not None else "invalid", response.status_code, seconds)
         _log(http_request, response.status_code, started)
         return response
 
