@@ -8,6 +8,8 @@ from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request as HTTPRequest
 from starlette.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.responses import Response as HTTPResponse
@@ -46,7 +48,8 @@ def build_app(settings: Settings) -> Starlette:
         assert settings.database_url, "the CLI resolves the database before starting the app"
         warm_up()  # build the validator tables now, not on the first request
         standard_registry()
-        pool = await open_pool(settings.database_url, min_size=settings.pool_min, max_size=settings.pool_max)
+        pool = await open_pool(settings.database_url, min_size=settings.pool_min, max_size=settings.pool_max,
+                               statement_timeout_ms=settings.statement_timeout_ms)
         parameters = SearchParameters(standard_registry())
         await parameters.reload(pool)
         listener = asyncio.create_task(parameters.listen(settings.database_url, pool))
@@ -117,7 +120,13 @@ def build_app(settings: Settings) -> Starlette:
     routes = [Route("/health", health), Route("/ready", ready), Route("/metrics", prometheus),
               Route(base + f"/{FILE_PATH}/{{job}}/{{name}}", export_file, methods=["GET", "HEAD"]),
               Route(base, endpoint, methods=METHODS), Route(base + "/{path:path}", endpoint, methods=METHODS)]
-    return Starlette(routes=routes, lifespan=lifespan,
+    middleware = []
+    if settings.cors_origins:   # browser apps (SMART) on other origins
+        origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
+        middleware.append(Middleware(CORSMiddleware, allow_origins=origins, allow_credentials="*" not in origins,
+                                     allow_methods=METHODS, allow_headers=["*"],
+                                     expose_headers=["Location", "ETag", "Last-Modified", "Content-Location"]))
+    return Starlette(routes=routes, lifespan=lifespan, middleware=middleware,
                      exception_handlers={HTTPException: not_found, 404: not_found, 500: server_error})
 
 

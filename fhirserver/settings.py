@@ -30,6 +30,9 @@ class Settings:
     pool_min: int = 2
     pool_max: int = 20
     max_body_bytes: int = 16 * 1024 * 1024
+    statement_timeout_ms: int = 60_000        # a database statement running longer is cancelled
+    rate_limit_per_minute: int = 0            # requests per client address per minute; 0: unlimited
+    cors_origins: str = ""                    # comma-separated origins allowed by CORS ("*" for any); "": off
     default_page_size: int = 50      # _count when the client gives none (search and history)
     max_page_size: int = 1000        # the largest _count honoured
     log_level: str = "info"
@@ -89,6 +92,7 @@ def from_environment(env: dict[str, str] | None = None) -> Settings:
     values: dict[str, object] = {}
     for name, convert in (("HOST", str), ("PORT", int), ("BASE_PATH", str), ("PUBLIC_BASE_URL", str),
                           ("WORKERS", int), ("POOL_MIN", int), ("POOL_MAX", int), ("MAX_BODY_BYTES", int),
+                          ("STATEMENT_TIMEOUT_MS", int), ("RATE_LIMIT_PER_MINUTE", int), ("CORS_ORIGINS", str),
                           ("DEFAULT_PAGE_SIZE", int), ("MAX_PAGE_SIZE", int), ("LOG_LEVEL", str),
                           ("EXPORT_FILE_BYTES", int), ("EXPORT_GZIP", _boolean), ("EXPORT_EXPIRY_SECONDS", int),
                           ("EXPORT_WORKERS", int), ("EXPORT_QUEUE", str), ("EXPORT_LEASE_SECONDS", float),

@@ -54,3 +54,28 @@ def test_security_headers(client: httpx.Client) -> None:
     assert response.headers["x-content-type-options"] == "nosniff"
     assert response.headers["x-frame-options"] == "DENY"
     assert response.headers["cache-control"] == "no-store"
+
+
+def test_rate_limit_and_cors(database_url: str, tmp_path) -> None:
+    from tests.conftest import start_server
+
+    live = start_server(["--database-url", database_url, "--log-level", "warning"], tmp_path / "server.log",
+                        env={"FHIRSERVER_RATE_LIMIT_PER_MINUTE": "5", "FHIRSERVER_CORS_ORIGINS": "https://app.example"})
+    try:
+        with httpx.Client(base_url=live.base_url, timeout=10) as http:
+            preflight = http.options("/Patient", headers={"Origin": "https://app.example",
+                                                          "Access-Control-Request-Method": "POST"})
+            assert preflight.status_code == 200
+            assert preflight.headers["access-control-allow-origin"] == "https://app.example"
+            other = http.options("/Patient", headers={"Origin": "https://evil.example",
+                                                      "Access-Control-Request-Method": "POST"})
+            assert other.headers.get("access-control-allow-origin") != "https://evil.example"
+            statuses = [http.get("/Patient/x", headers={"Origin": "https://app.example"}).status_code
+                        for _ in range(8)]
+        assert statuses.count(404) >= 4 and statuses[-1] == 429, statuses
+        limited = httpx.get(live.base_url + "/Patient/x", timeout=10)
+        assert limited.status_code == 429
+        assert int(limited.headers["retry-after"]) >= 1
+        assert limited.json()["issue"][0]["code"] == "throttled"
+    finally:
+        live.stop()

@@ -19,8 +19,12 @@ set_json_loads(_load_resource)
 set_json_dumps(jsonio.dumps)
 
 
-async def open_pool(database_url: str, *, min_size: int, max_size: int) -> AsyncConnectionPool:
+async def open_pool(database_url: str, *, min_size: int, max_size: int,
+                    statement_timeout_ms: int = 0) -> AsyncConnectionPool:
+    kwargs: dict[str, object] = {"autocommit": True}
+    if statement_timeout_ms:
+        kwargs["options"] = f"-c statement_timeout={int(statement_timeout_ms)}"
     pool = AsyncConnectionPool(database_url, min_size=min_size, max_size=max_size, open=False,
-                               kwargs={"autocommit": True}, name="fhirserver")
+                               kwargs=kwargs, name="fhirserver")
     await pool.open(wait=True, timeout=30)
     return pool

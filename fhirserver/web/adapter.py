@@ -18,8 +18,9 @@ from fhirserver.rest.negotiation import check_accept
 from fhirserver.rest.router import dispatch, interaction
 from fhirserver.settings import Settings
 from fhirserver.web.metrics import Metrics
+from fhirserver.web.ratelimit import RateLimiter
 from fhirserver.web.responses import internal_error, render, render_error
-from resources.outcome import BadRequest, FHIRError, MethodNotAllowed, PayloadTooLarge
+from resources.outcome import BadRequest, FHIRError, MethodNotAllowed, PayloadTooLarge, TooManyRequests
 
 access_log = logging.getLogger("fhirserver.access")
 _HOST = re.compile(r"[A-Za-z0-9.\-]{1,253}(:\d{1,5})?|\[[0-9A-Fa-f:.]{2,45}\](:\d{1,5})?")
@@ -77,11 +78,17 @@ SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "X-Frame-Options": "DEN
 
 def make_endpoint(settings: Settings, context: Callable[[], Context], metrics: Metrics) -> Endpoint:
     """The one endpoint under the FHIR base; every error leaves it as an OperationOutcome."""
+    limiter = RateLimiter(settings.rate_limit_per_minute) if settings.rate_limit_per_minute > 0 else None
 
     async def fhir_endpoint(http_request: HTTPRequest) -> HTTPResponse:
         started = time.perf_counter()
         request: Request | None = None
         try:
+            if limiter is not None:
+                wait = limiter.retry_after(http_request.client.host if http_request.client else "unknown")
+                if wait:
+                    raise TooManyRequests(f"Too many requests from this address; retry in {wait} s",
+                                          headers={"Retry-After": str(wait)})
             if http_request.method == "OPTIONS":
                 raise MethodNotAllowed("OPTIONS is not supported; see GET [base]/metadata")
             body = await _read_body(http_request, settings.max_body_bytes)
