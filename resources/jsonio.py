@@ -58,3 +58,8 @@ def parse_body(data: bytes) -> Any:
         return loads(data)
     except (ValueError, RecursionError) as exc:
         raise BadRequest(f"The request body is not valid JSON: {str(exc)[:200]}") from exc
+
+
+def canonical(obj: Any) -> bytes:
+    """A comparable serialisation: sorted keys, numbers written as their shortest exact form."""
+    return orjson.dumps(obj, default=_default, option=orjson.OPT_SORT_KEYS)

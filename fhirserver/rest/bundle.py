@@ -96,14 +96,17 @@ def _request(entry: Entry, outer: Request, validated: bool = False) -> Request:
     headers = dict(entry.headers)
     if outer.header("prefer"):
         headers["prefer"] = outer.header("prefer") or ""
-    body = b""
+    body, parsed = b"", None
     if entry.resource is not None:
         if entry.method == "PATCH" and entry.resource.get("resourceType") == "Binary":
             body, headers["content-type"] = _binary_patch(entry)
+        elif entry.method in ("POST", "PUT"):
+            parsed = entry.resource          # no need to write it out and parse it again
         else:
             body = dumps(entry.resource)
     return Request(method=entry.method, path=entry.path, query=tuple(parse_qsl(entry.query, keep_blank_values=True)),
-                   headers=headers, body=body, assigned_id=entry.assigned_id, skip_unchanged=outer.skip_unchanged,
+                   headers=headers, body=body, parsed=parsed, assigned_id=entry.assigned_id,
+                   skip_unchanged=outer.skip_unchanged,
                    validated=validated and entry.method in ("POST", "PUT"))
 
 

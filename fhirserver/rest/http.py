@@ -16,6 +16,7 @@ class Request:
     assigned_id: str | None = None   # a create inside a transaction Bundle uses this id (never set from HTTP)
     validated: bool = False          # the body was already validated as part of its Bundle (never set from HTTP)
     skip_unchanged: bool = False     # bulk load: an update with identical content writes no version (never from HTTP)
+    parsed: Any = None               # the body already parsed, for Bundle entries (never set from HTTP)
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name)

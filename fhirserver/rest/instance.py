@@ -26,7 +26,7 @@ def _incoming(ctx: Context, request: Request, res_type: str, *, ignore_id: bool 
     """Parse and structurally validate a request body that must be a `res_type` resource.
     A create ignores any id in the body (R4 http.html#create), so it is dropped before validation."""
     neg.check_body_type(request)
-    resource = parse_body(request.body)
+    resource = dict(request.parsed) if isinstance(request.parsed, dict) else parse_body(request.body)
     if not isinstance(resource, dict):
         raise BadRequest("The request body must be a JSON object holding a FHIR resource")
     if resource.get("resourceType") != res_type:

@@ -22,6 +22,7 @@ from fhirserver.storage.errors import RETRYABLE, to_fhir_error
 from fhirserver.storage.indexer import index_ctes
 from fhirserver.storage.parameters import CHANNEL, SearchParameters
 from fhirserver.storage.sql.select import where
+from resources.jsonio import canonical
 from resources.meta import new_id, stamp
 from resources.outcome import FHIRError, PreconditionFailed
 from search.query import SearchQuery
@@ -327,8 +328,8 @@ class Repository:
                 raise NotFound(f"{res_type}/{res_id} does not exist")
             raise Gone(f"{res_type}/{res_id} has been deleted")
         content = build(current.resource if current is not None else None)
-        if skip_unchanged and live and current is not None and current.resource == stamp(
-                content, res_id=res_id, version=current.version, last_updated=current.last_updated):
+        if skip_unchanged and live and current is not None and _same(current.resource, stamp(
+                content, res_id=res_id, version=current.version, last_updated=current.last_updated)):
             return WriteResult(current, created=False, changed=False)   # identical content: no new version
         next_version = current.version + 1 if current is not None else 1
         version = await self._append(conn, res_type, res_id, next_version, content, method)
@@ -429,6 +430,11 @@ class TransactionRepository(Repository):
 
     async def _after_write(self, res_type: str) -> None:
         self.written_types.add(res_type)
+
+
+def _same(a: dict[str, Any] | None, b: dict[str, Any]) -> bool:
+    """Equal as JSON: key order aside, and a number the same whether parsed as float or Decimal."""
+    return a is not None and canonical(a) == canonical(b)
 
 
 def _mismatch(res_type: str, res_id: str, wanted: int, current: Version | None) -> str:
