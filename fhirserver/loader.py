@@ -76,8 +76,11 @@ def _lines(path: Path) -> Iterator[bytes]:
         yield from stream
 
 
-def units(path: Path, report: FileReport) -> Iterator[tuple[str, dict[str, Any], int]]:
-    """(label, transaction Bundle, resource count) units of one file; bad lines go to the report."""
+Unit = tuple[str, dict[str, Any], int, bool]   # label, transaction Bundle, resource count, already validated
+
+
+def units(path: Path, report: FileReport) -> Iterator[Unit]:
+    """The units (one transaction each) of one file; bad lines go to the report."""
     try:
         if path.name.removesuffix(".gz").endswith(".ndjson"):
             yield from _ndjson_units(path, _lines(path), report)
@@ -98,17 +101,17 @@ def units(path: Path, report: FileReport) -> Iterator[tuple[str, dict[str, Any],
         return
     if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
         if isinstance(bundle, dict) and "resourceType" in bundle:   # a single resource file
-            yield str(path), _transaction([idempotent_entry({"resource": bundle})]), 1
+            yield str(path), _transaction([idempotent_entry({"resource": bundle})]), 1, False
         else:
             report.errors.append(f"{path}: neither a Bundle nor a FHIR resource")
         return
     entries = [idempotent_entry(e) for e in bundle.get("entry", []) if isinstance(e, dict)]
     kind = "batch" if bundle.get("type") == "batch" else "transaction"
-    yield str(path), {"resourceType": "Bundle", "type": kind, "entry": entries}, len(entries)
+    yield str(path), {"resourceType": "Bundle", "type": kind, "entry": entries}, len(entries), False
 
 
-def _ndjson_units(path: Path, lines: Iterator[bytes],
-                  report: FileReport) -> Iterator[tuple[str, dict[str, Any], int]]:
+def _ndjson_units(path: Path, lines: Iterator[bytes], report: FileReport) -> Iterator[Unit]:
+    """500-line chunks; every line is validated here, so a bad line is reported and skipped alone."""
     chunk: list[dict[str, Any]] = []
     start = 1
     for number, line in enumerate(lines, 1):
@@ -123,10 +126,10 @@ def _ndjson_units(path: Path, lines: Iterator[bytes],
             continue
         chunk.append(idempotent_entry({"resource": resource}))
         if len(chunk) == CHUNK:
-            yield f"{path}:{start}-{number}", _transaction(chunk), len(chunk)
+            yield f"{path}:{start}-{number}", _transaction(chunk), len(chunk), True
             chunk, start = [], number + 1
     if chunk:
-        yield f"{path}:{start}-", _transaction(chunk), len(chunk)
+        yield f"{path}:{start}-", _transaction(chunk), len(chunk), True
 
 
 def _transaction(entries: list[dict[str, Any]]) -> dict[str, Any]:
@@ -150,10 +153,10 @@ async def _load_files(database_url: str, paths: list[Path], events: Any) -> None
         ctx = Context(Repository(pool, parameters), SearchStore(pool), parameters, "urn:fhirserver:load")
         for path in paths:
             report = FileReport(str(path))
-            for label, bundle, count in units(path, report):
+            for label, bundle, count, validated in units(path, report):
                 request = Request("POST", "", headers={"content-type": "application/fhir+json",
                                                        "prefer": "return=minimal"}, body=dumps(bundle),
-                                  skip_unchanged=True)
+                                  skip_unchanged=True, validated=validated)
                 try:
                     response = await process(ctx, request)
                     failed = [e for e in response.resource.get("entry", [])

@@ -1,6 +1,7 @@
 """Test fixtures: a real PostgreSQL (DATABASE_URL or the embedded one) and a live server over HTTP."""
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -31,19 +32,26 @@ def _with_database(url: str, name: str) -> str:
     return urlunsplit(parts._replace(path="/" + name))
 
 
+@contextlib.contextmanager
+def throwaway_database(server_url: str, prefix: str) -> Iterator[str]:
+    """A new empty database on the PostgreSQL of `server_url`, dropped afterwards."""
+    name = prefix + secrets.token_hex(4)
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield _with_database(server_url, name)
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @pytest.fixture(scope="session")
 def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A fresh, empty database for this test session."""
     external = os.environ.get("DATABASE_URL")
     if external:
-        name = "fhirtest_" + secrets.token_hex(4)
-        with psycopg.connect(external, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        try:
-            yield _with_database(external, name)
-        finally:
-            with psycopg.connect(external, autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        with throwaway_database(external, "fhirtest_") as url:
+            yield url
         return
     from fhirserver.storage.embedded import embedded_postgres
 

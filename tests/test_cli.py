@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -27,7 +26,7 @@ import psutil
 import psycopg
 import pytest
 
-from tests.conftest import LiveServer, free_port, start_server
+from tests.conftest import LiveServer, free_port, start_server, throwaway_database
 
 FHIR_JSON = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}
 _SCRIPT = Path(sys.executable).parent / "fhirserver"
@@ -295,14 +294,8 @@ def test_migrate_fresh_data_dir(tmp_path: Path) -> None:
 @pytest.fixture()
 def empty_database(database_url: str) -> Iterator[str]:
     """A fresh database with no tables, on the same PostgreSQL as the session's database."""
-    name = "fhircli_" + secrets.token_hex(4)
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield _with_database(database_url, name)
-    finally:
-        with psycopg.connect(database_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with throwaway_database(database_url, "fhircli_") as url:
+        yield url
 
 
 def test_migrate_database_url_and_check(empty_database: str, tmp_path: Path) -> None:
