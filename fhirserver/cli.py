@@ -42,6 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
                                        "Pending database migrations are applied first.")
     _common(serve)
     serve.add_argument("--workers", type=int, help="number of server processes (env FHIRSERVER_WORKERS; default 1)")
+    serve.add_argument("--open", action="store_const", const=True, default=None,
+                       help="turn authorization OFF: anyone reaching the port may read and write everything. "
+                            "Local development only; refused on a non-loopback --host (env FHIRSERVER_OPEN)")
+    serve.add_argument("--open-on-network", action="store_const", const=True, default=None,
+                       help="allow --open on a non-loopback --host anyway (env FHIRSERVER_OPEN_ON_NETWORK)")
     migrate = sub.add_parser("migrate", help="apply pending database migrations and exit",
                              description="Apply the numbered SQL migrations that the database does not have yet. "
                                          "Safe to run while the server is running.")
@@ -102,7 +107,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
     flags = {k: getattr(args, k, None) for k in ("host", "port", "public_base_url", "log_level", "data_dir",
                                                  "database_url")}
     if args.command == "serve":
-        flags["workers"] = args.workers
+        flags.update(workers=args.workers, open=args.open, open_on_network=args.open_on_network)
     if args.command == "worker":
         flags["export_queue"] = args.queue
     return from_environment().with_overrides(**flags)
@@ -137,6 +142,14 @@ def cmd_serve(settings: Settings) -> int:
 
     from fhirserver.storage.migrate import migrate
 
+    if settings.open:
+        if not settings.is_loopback and not settings.open_on_network:
+            log.error("refusing --open on %s: without authorization anyone on the network could read and change "
+                      "every record. Listen on 127.0.0.1, or add --open-on-network if you really mean it.",
+                      settings.host)
+            return 2
+        log.warning("AUTHORIZATION IS OFF (--open): every request is served without a token. "
+                    "Never run like this with real patient data.")
     with database(settings, exclusive=True) as resolved:
         assert resolved.database_url
         for migration in migrate(resolved.database_url):

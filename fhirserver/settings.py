@@ -36,6 +36,14 @@ class Settings:
     default_page_size: int = 50      # _count when the client gives none (search and history)
     max_page_size: int = 1000        # the largest _count honoured
     log_level: str = "info"
+    # Authorization (docs/smart.md): on unless `open` is set
+    open: bool = False                       # no authorization at all: local development only
+    open_on_network: bool = False            # allow `open` on a non-loopback address (loudly)
+    access_token_seconds: int = 3600         # lifetime of access tokens (and of `fhirserver token` output)
+    refresh_token_seconds: int = 30 * 24 * 3600   # offline_access refresh tokens (rotated on use)
+    online_refresh_seconds: int = 12 * 3600  # online_access refresh tokens
+    login_max_failures: int = 5              # failed logins in a row before the account is locked
+    lockout_seconds: int = 900               # how long a locked account stays locked
     # Bulk Data $export (docs/bulk-export.md)
     export_dir: Path | None = None           # where job files go; None: DATA_DIR/exports
     export_file_bytes: int = 128 * 1024 * 1024   # an output file is split when it would grow past this
@@ -55,6 +63,10 @@ class Settings:
         if self.public_base_url:
             return self.public_base_url.rstrip("/")
         return f"http://{self.host}:{self.port}{self.base_path}"
+
+    @property
+    def is_loopback(self) -> bool:
+        return self.host in ("127.0.0.1", "::1", "localhost") or self.host.startswith("127.")
 
     @property
     def pgdata(self) -> Path:
@@ -93,6 +105,9 @@ def from_environment(env: dict[str, str] | None = None) -> Settings:
     for name, convert in (("HOST", str), ("PORT", int), ("BASE_PATH", str), ("PUBLIC_BASE_URL", str),
                           ("WORKERS", int), ("POOL_MIN", int), ("POOL_MAX", int), ("MAX_BODY_BYTES", int),
                           ("STATEMENT_TIMEOUT_MS", int), ("RATE_LIMIT_PER_MINUTE", int), ("CORS_ORIGINS", str),
+                          ("OPEN", _boolean), ("OPEN_ON_NETWORK", _boolean), ("ACCESS_TOKEN_SECONDS", int),
+                          ("REFRESH_TOKEN_SECONDS", int), ("ONLINE_REFRESH_SECONDS", int),
+                          ("LOGIN_MAX_FAILURES", int), ("LOCKOUT_SECONDS", int),
                           ("DEFAULT_PAGE_SIZE", int), ("MAX_PAGE_SIZE", int), ("LOG_LEVEL", str),
                           ("EXPORT_FILE_BYTES", int), ("EXPORT_GZIP", _boolean), ("EXPORT_EXPIRY_SECONDS", int),
                           ("EXPORT_WORKERS", int), ("EXPORT_QUEUE", str), ("EXPORT_LEASE_SECONDS", float),
