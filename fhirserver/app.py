@@ -5,6 +5,7 @@ import asyncio
 import contextlib
 import gc
 from collections.abc import AsyncIterator
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -29,6 +30,7 @@ from fhirserver.storage.parameters import SearchParameters
 from fhirserver.storage.repository import Repository
 from fhirserver.storage.searching import SearchStore
 from fhirserver.web.adapter import make_endpoint
+from fhirserver.web.auth import TokenCheck, authenticate
 from fhirserver.web.metrics import Metrics
 from fhirserver.web.responses import internal_error, render_error
 from resources.outcome import BadRequest, FHIRError, MethodNotAllowed, NotFound
@@ -39,7 +41,7 @@ METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
 def build_app(settings: Settings) -> Starlette:
-    state: dict[str, Context] = {}
+    state: dict[str, Any] = {}
     export_config = ExportConfig.from_settings(settings)
     export.configure(export_config)
 
@@ -83,12 +85,18 @@ def build_app(settings: Settings) -> Starlette:
     async def server_error(http_request: HTTPRequest, exc: Exception) -> HTTPResponse:
         return internal_error(exc)
 
+    def token_check() -> TokenCheck | None:
+        """None when authorization is off; a missing verifier (not started) fails the request closed."""
+        return None if settings.open else state["token_check"]
+
     async def export_file(http_request: HTTPRequest) -> HTTPResponse:
         """Bulk Data output files: streamed, so they bypass the JSON rendering of the FHIR endpoint."""
         request = Request(method=http_request.method, path=http_request.url.path,
                           headers={k.lower(): v for k, v in http_request.headers.items()})
         try:
-            found = await export.download(state["ctx"], request, http_request.path_params["job"],
+            ctx = state["ctx"]
+            ctx = ctx.as_(await authenticate(token_check(), request.headers, "", {settings.base_url}))
+            found = await export.download(ctx, request, http_request.path_params["job"],
                                           http_request.path_params["name"])
         except FHIRError as error:
             return render_error(error, request)
@@ -115,7 +123,7 @@ def build_app(settings: Settings) -> Starlette:
             gauges["export_parts"] = await job_queue(pool)
         return PlainTextResponse(metrics.render(gauges), media_type="text/plain; version=0.0.4")
 
-    endpoint = make_endpoint(settings, lambda: state["ctx"], metrics)
+    endpoint = make_endpoint(settings, lambda: state["ctx"], metrics, token_check)
     base = settings.base_path
     routes = [Route("/health", health), Route("/ready", ready), Route("/metrics", prometheus),
               Route(base + f"/{FILE_PATH}/{{job}}/{{name}}", export_file, methods=["GET", "HEAD"]),

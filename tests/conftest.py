@@ -119,7 +119,7 @@ def start_server(args: list[str], log: Path, env: dict[str, str] | None = None, 
 @pytest.fixture(scope="session")
 def server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     log = tmp_path_factory.mktemp("server") / "server.log"
-    live = start_server(["--database-url", database_url, "--log-level", "warning"], log)
+    live = start_server(["--open", "--database-url", database_url, "--log-level", "warning"], log)
     yield live
     live.stop()
 

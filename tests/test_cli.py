@@ -52,9 +52,11 @@ def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> s
 
 def serve(args: list[str], log: Path, *, env: dict[str, str] | None = None, host: str = "127.0.0.1",
           port: int | None = None, timeout: float = 60) -> LiveServer:
-    """Run `fhirserver serve ARGS` with none of the test process's database or server settings."""
+    """Run `fhirserver serve ARGS` with none of the test process's database or server settings (authorization
+    off: these tests are about the command line, tests/test_authorization.py about tokens)."""
     try:
-        return start_server(args, log, timeout=timeout, host=host, port=port, environment=_environment(env))
+        return start_server(args, log, timeout=timeout, host=host, port=port,
+                            environment=_environment({"FHIRSERVER_OPEN": "true", **(env or {})}))
     except RuntimeError as exc:
         raise AssertionError(str(exc)) from None
 

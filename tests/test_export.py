@@ -75,7 +75,7 @@ def synthea(database_url: str) -> dict[str, set[tuple[str, str]]]:
 def exporter(database_url: str, synthea: object, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """A server on its own export queue (the session's server never takes its jobs), small files and parts."""
     folder = tmp_path_factory.mktemp("export")
-    live = start_server(["--database-url", database_url, "--log-level", "warning"], folder / "server.log",
+    live = start_server(["--open", "--database-url", database_url, "--log-level", "warning"], folder / "server.log",
                         env=_export_env("t-" + secrets.token_hex(4), folder / "files", workers="2"))
     yield live
     live.stop()
@@ -444,7 +444,7 @@ def test_export_is_a_snapshot_cut_by_commit_order(http: httpx.Client, exporter: 
 def worker_setup(database_url: str, synthea: object, tmp_path: Path) -> Iterator[tuple[LiveServer, str, Path]]:
     """A server without in-process workers: its jobs are done by `fhirserver worker` processes only."""
     queue = "w-" + secrets.token_hex(4)
-    live = start_server(["--database-url", database_url, "--log-level", "warning"], tmp_path / "server.log",
+    live = start_server(["--open", "--database-url", database_url, "--log-level", "warning"], tmp_path / "server.log",
                         env=_export_env(queue, tmp_path / "files", workers="0", min_poll_seconds="0.6"))
     yield live, queue, tmp_path
     live.stop()

@@ -59,7 +59,7 @@ def test_security_headers(client: httpx.Client) -> None:
 def test_rate_limit_and_cors(database_url: str, tmp_path) -> None:
     from tests.conftest import start_server
 
-    live = start_server(["--database-url", database_url, "--log-level", "warning"], tmp_path / "server.log",
+    live = start_server(["--open", "--database-url", database_url, "--log-level", "warning"], tmp_path / "server.log",
                         env={"FHIRSERVER_RATE_LIMIT_PER_MINUTE": "5", "FHIRSERVER_CORS_ORIGINS": "https://app.example"})
     try:
         with httpx.Client(base_url=live.base_url, timeout=10) as http:

@@ -22,7 +22,7 @@ class ExportConfig:
     throttle: int = 0
     idle_seconds: float = 0.5        # how often an idle worker looks for work
     max_attempts: int = 3            # a part that fails this often fails its job
-    requires_access_token: bool = False   # true once SMART authorization protects the files
+    requires_access_token: bool = False   # the files need the kick-off client's token (SMART authorization on)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ExportConfig:
@@ -31,4 +31,4 @@ class ExportConfig:
                    expiry_seconds=settings.export_expiry_seconds, workers=settings.export_workers,
                    lease_seconds=settings.export_lease_seconds, retry_after=settings.export_retry_after,
                    min_poll_seconds=settings.export_min_poll_seconds, part_rows=settings.export_part_rows,
-                   throttle=settings.export_throttle)
+                   throttle=settings.export_throttle, requires_access_token=not settings.open)

@@ -57,7 +57,8 @@ async def process(ctx: Context, request: Request) -> Response:
         raise BadRequest("POST [base] takes a Bundle of type batch or transaction", expression="resourceType")
     kind = bundle.get("type")
     if kind not in ("batch", "transaction"):
-        raise BadRequest(f"POST [base] takes a batch or transaction Bundle, not {kind!r}", expression="Bundle.type")
+        shown = repr(kind[:40]) if isinstance(kind, str) else f"(a JSON {type(kind).__name__})"
+        raise BadRequest(f"POST [base] takes a batch or transaction Bundle, not {shown}", expression="Bundle.type")
     raw_entries = bundle.get("entry", [])
     if not isinstance(raw_entries, list):
         raise BadRequest("Bundle.entry must be an array", expression="Bundle.entry")

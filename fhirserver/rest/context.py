@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from fhirserver.security.scopes import Access
 from fhirserver.storage.parameters import SearchParameters
 from fhirserver.storage.repository import Repository
 from fhirserver.storage.searching import SearchStore
@@ -19,6 +20,7 @@ class Context:
     default_page_size: int = 50
     max_page_size: int = 1000
     capability_statements: dict[str, dict[str, Any]] = field(default_factory=dict)  # per base URL, shared
+    access: Access = field(default_factory=Access)   # who asks and what they may do; by default nothing
 
     @property
     def registry(self) -> Registry:
@@ -28,6 +30,10 @@ class Context:
     def at(self, base_url: str) -> Context:
         """The same context answering under another base URL (taken from the request's Host)."""
         return self if base_url == self.base_url else replace(self, base_url=base_url)
+
+    def as_(self, access: Access) -> Context:
+        """The same context acting for `access` (set per request by the web adapter)."""
+        return replace(self, access=access)
 
     def url(self, *parts: str | int) -> str:
         return "/".join([self.base_url, *map(str, parts)])

@@ -1,28 +1,32 @@
 """Bulk Data $export over HTTP (IG 2.0 export.html): kick-off, status polling, cancel, file download.
 
-Ownership: every job records the identity of the client that kicked it off; status, cancel and files answer
-only that client, and 404 (not 403) anyone else, so job ids reveal nothing. Until SMART authorization
-lands, `requester()` returns "anonymous" for everyone; it is the one place to plug the client id in.
+Ownership: every job records the identity of the client that kicked it off (its token's client id, or
+subject); status, cancel and files answer only that client, and 404 (not 403) anyone else, so job ids
+reveal nothing. The kick-off is limited to what the token may read: every exported type needs an
+unconfined read scope, except that a patient-confined token exports its own patient's compartment.
 """
 from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urlencode
 
 from fhirserver.bulk import files, kickoff
 from fhirserver.bulk.config import ExportConfig
 from fhirserver.bulk.manifest import STATUS_PATH, manifest, progress_text, stored_file
-from fhirserver.bulk.parameters import parse_kickoff
+from fhirserver.bulk.parameters import ExportRequest, parse_kickoff
 from fhirserver.rest import negotiation as neg
 from fhirserver.rest.context import Context
 from fhirserver.rest.http import Request, Response
+from fhirserver.security.scopes import UNRESTRICTED
 from fhirserver.settings import from_environment
 from fhirserver.storage.export import ExportStore
+from resources.compartments import member_types
 from resources.meta import check_id
-from resources.outcome import BadRequest, Issue, NotAcceptable, NotFound, TooManyRequests, operation_outcome
+from resources.outcome import BadRequest, Forbidden, Issue, NotAcceptable, NotFound, TooManyRequests, operation_outcome
+from resources.types import RESOURCE_TYPES
 
 NDJSON = "application/fhir+ndjson"
 # NDJSON, or anything a JSON client sends by default (406 only for what NDJSON cannot be, such as XML)
@@ -45,9 +49,33 @@ def config() -> ExportConfig:
     return _config
 
 
-def requester(request: Request) -> str:
-    """The identity of the client making `request`. SMART backend services: the client_id of its token."""
-    return "anonymous"
+def requester(ctx: Context) -> str:
+    """The identity of the client making the request: its token's client id (or subject)."""
+    if ctx.access.everything:
+        return "anonymous"
+    return ctx.access.client_id or ctx.access.subject
+
+
+def authorized(ctx: Context, params: ExportRequest) -> ExportRequest:
+    """The kick-off narrowed to what the token may read (403 for what it asks beyond that)."""
+    if ctx.access.everything:
+        return params
+    candidates = params.types or (member_types("Patient") if params.level != "system" else RESOURCE_TYPES)
+    confined = {rule.patient for t in candidates for rule in ctx.access.rules(t, "r") if rule != UNRESTRICTED[0]}
+    if None in confined or len(confined) > 1:
+        raise Forbidden("Bulk export needs read scopes without query restrictions for the exported types")
+    if confined:
+        patient = str(confined.pop())
+        if params.level != "patient" or (params.patients is not None and params.patients != (patient,)):
+            raise Forbidden(f"The access token is confined to Patient/{patient}: use Patient/$export")
+        params = replace(params, patients=(patient,))
+    allowed = tuple(t for t in candidates if ctx.access.rules(t, "r"))
+    if params.types is not None and len(allowed) < len(params.types):
+        missing = sorted(set(params.types) - set(allowed))
+        raise Forbidden(f"The access token does not allow reading {', '.join(missing[:10])}")
+    if not allowed:
+        raise Forbidden("The access token does not allow reading any resource type")
+    return params if params.types is not None and not confined else replace(params, types=allowed)
 
 
 def _store(ctx: Context) -> ExportStore:
@@ -74,7 +102,8 @@ async def kick_off(ctx: Context, request: Request, level: str, group_id: str | N
     params = parse_kickoff(level, method=request.method, query=list(request.query), body=request.body,
                            lenient="handling=lenient" in prefer, registry=ctx.registry, base_url=ctx.base_url,
                            group_id=group_id)
-    started = await kickoff.start(_store(ctx), params, owner=requester(request), config=config(),
+    params = authorized(ctx, params)
+    started = await kickoff.start(_store(ctx), params, owner=requester(ctx), config=config(),
                                   request_url=_request_url(ctx, request), base_url=ctx.base_url)
     status_url = ctx.url(STATUS_PATH, started.job_id)
     issues = [Issue(f"Export job accepted; poll {status_url} for its status", "informational", "information")]
@@ -91,7 +120,7 @@ def _job_id(job_id: str) -> str:
 async def status(ctx: Context, request: Request, job_id: str) -> Response:
     """GET [status URL]: 202 with X-Progress while running, 200 with the manifest, 500 if it failed."""
     cfg = config()
-    polled = await _store(ctx).poll(_job_id(job_id), requester(request))
+    polled = await _store(ctx).poll(_job_id(job_id), requester(ctx))
     if polled is None:
         raise NotFound("No such export job (it may have been cancelled or have expired)")
     job, previous, now = polled
@@ -114,7 +143,7 @@ async def status(ctx: Context, request: Request, job_id: str) -> Response:
 
 async def cancel(ctx: Context, request: Request, job_id: str) -> Response:
     """DELETE [status URL]: stop the job and remove its files; the status URL answers 404 afterwards."""
-    job = await _store(ctx).delete(_job_id(job_id), requester(request))
+    job = await _store(ctx).delete(_job_id(job_id), requester(ctx))
     if job is None:
         raise NotFound("No such export job (it may have been cancelled or have expired)")
     files.remove_directory(job.directory)
@@ -138,7 +167,7 @@ async def download(ctx: Context, request: Request, job_id: str, name: str) -> Do
         raise NotAcceptable(f"Export files are {NDJSON}")
     store = _store(ctx)
     job = await store.job(_job_id(job_id))
-    if job is None or job.owner != requester(request) or job.state != "completed":
+    if job is None or job.owner != requester(ctx) or job.state != "completed":
         raise NotFound("No such export file")
     if not stored_file(await store.parts(job.id), name):
         raise NotFound("No such export file")

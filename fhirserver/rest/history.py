@@ -6,6 +6,7 @@ import base64
 from typing import Any
 from urllib.parse import urlencode
 
+from fhirserver.rest import access
 from fhirserver.rest import negotiation as neg
 from fhirserver.rest.context import Context
 from fhirserver.rest.http import Request, Response
@@ -43,6 +44,8 @@ def _count(ctx: Context, request: Request) -> int:
 async def history(ctx: Context, request: Request, res_type: str | None = None, res_id: str | None = None) -> Response:
     if res_id is not None:
         check_id(res_id)
+    if res_type is not None:
+        access.require(ctx, res_type, "r")
     for name, _ in request.query:
         if name not in _ALLOWED and (request.header("prefer") or "").find("handling=strict") >= 0:
             raise BadRequest(f"Unknown history parameter {name!r}", expression=name)
@@ -59,6 +62,9 @@ async def history(ctx: Context, request: Request, res_type: str | None = None, r
         after_txid=txid if direction == "a" else None,
     )
     page = await ctx.repository.history(query)
+    if not ctx.access.everything:   # only versions the caller may see; deleted ones are not provably theirs
+        shown = {id(r) for r in await access.visible(ctx, [v.resource for v in page.versions if v.resource])}
+        page = type(page)([v for v in page.versions if id(v.resource) in shown], page.has_older, page.has_newer)
     if _count(ctx, request) == 0:
         page = type(page)([], page.has_older or bool(page.versions), page.has_newer)
     bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "history"}

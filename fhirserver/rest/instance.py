@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from fhirserver.rest import access
 from fhirserver.rest import negotiation as neg
 from fhirserver.rest.context import Context
 from fhirserver.rest.http import Request, Response
@@ -29,9 +30,11 @@ def _incoming(ctx: Context, request: Request, res_type: str, *, ignore_id: bool 
     resource = dict(request.parsed) if isinstance(request.parsed, dict) else parse_body(request.body)
     if not isinstance(resource, dict):
         raise BadRequest("The request body must be a JSON object holding a FHIR resource")
-    if resource.get("resourceType") != res_type:
-        raise BadRequest(f"The body's resourceType {resource.get('resourceType')!r} does not match the URL "
-                         f"type {res_type!r}", expression="resourceType")
+    given = resource.get("resourceType")
+    if given != res_type:   # (a nested structure is not echoed: its repr could be huge or too deep)
+        shown = repr(given[:64]) if isinstance(given, str) else f"(a JSON {type(given).__name__})"
+        raise BadRequest(f"The body's resourceType {shown} does not match the URL type {res_type!r}",
+                         expression="resourceType")
     if ignore_id:
         resource.pop("id", None)
         resource.pop("_id", None)
@@ -57,9 +60,11 @@ def _written(ctx: Context, request: Request, result: WriteResult, message: str) 
 
 
 async def create(ctx: Context, request: Request, res_type: str) -> Response:
+    access.require(ctx, res_type, "c")
     resource = _incoming(ctx, request, res_type, ignore_id=True)
+    access.check_content(ctx, resource, "c")
     condition = request.header("if-none-exist")
-    criteria = parse_criteria(ctx, res_type, condition) if condition else None
+    criteria = parse_criteria(ctx, res_type, condition, "c") if condition else None
     result = await ctx.repository.create(res_type, resource, if_none_exist=criteria, res_id=request.assigned_id)
     if not result.changed:
         return _written(ctx, request, result, f"{res_type}/{result.version.res_id} already matches If-None-Exist; "
@@ -69,7 +74,9 @@ async def create(ctx: Context, request: Request, res_type: str) -> Response:
 
 async def read(ctx: Context, request: Request, res_type: str, res_id: str) -> Response:
     check_id(res_id)
+    access.require(ctx, res_type, "r")
     version = await ctx.repository.read(res_type, res_id)
+    await access.check_stored(ctx, version.resource if version else None, "r")
     return _respond_with_version(ctx, request, version, f"{res_type}/{res_id}")
 
 
@@ -77,7 +84,9 @@ async def vread(ctx: Context, request: Request, res_type: str, res_id: str, vid:
     check_id(res_id)
     if not re.fullmatch(r"[0-9]{1,9}", vid):
         raise NotFound(f"Version {vid[:40]!r} of {res_type}/{res_id} does not exist (versions are numbers)")
+    access.require(ctx, res_type, "r")
     version = await ctx.repository.vread(res_type, res_id, int(vid))
+    await access.check_stored(ctx, version.resource if version else None, "r")
     return _respond_with_version(ctx, request, version, f"{res_type}/{res_id}/_history/{vid}")
 
 
@@ -92,42 +101,58 @@ def _respond_with_version(ctx: Context, request: Request, version: Version | Non
     return Response(200, neg.shape(request, version.resource), headers)
 
 
+def _replacing(ctx: Context, resource: dict[str, Any]) -> Any:
+    """The build step of an update: the stored version (if any) must be writable too, checked under its lock."""
+    def build(current: dict[str, Any] | None) -> dict[str, Any]:
+        if current is not None:
+            access.check_content(ctx, current, "u")
+        return resource
+    return build
+
+
 async def update(ctx: Context, request: Request, res_type: str, res_id: str) -> Response:
     check_id(res_id)
+    access.require(ctx, res_type, "u")
     resource = _incoming(ctx, request, res_type)
+    access.check_content(ctx, resource, "u")
     body_id = resource.get("id")
     if body_id is None:
         raise BadRequest("An update must carry the resource id in the body (R4 http.html#update)", expression="id")
     if body_id != res_id:
         raise BadRequest(f"The body id {body_id!r} does not match the URL id {res_id!r}", expression="id")
-    result = await ctx.repository.update(res_type, res_id, lambda _current: resource, if_match=neg.if_match(request),
+    result = await ctx.repository.update(res_type, res_id, _replacing(ctx, resource), if_match=neg.if_match(request),
                                          skip_unchanged=request.skip_unchanged)
     return _written(ctx, request, result, f"{'Created' if result.created else 'Updated'} {res_type}/{res_id}")
 
 
 async def conditional_update(ctx: Context, request: Request, res_type: str) -> Response:
+    access.require(ctx, res_type, "u")
     resource = _incoming(ctx, request, res_type)
-    criteria = parse_criteria(ctx, res_type, request.query_string)
+    access.check_content(ctx, resource, "u")
+    criteria = parse_criteria(ctx, res_type, request.query_string, "u")
     body_id = resource.get("id")
     if body_id is not None:
         check_id(body_id)
-    result = await ctx.repository.conditional_update(res_type, criteria, lambda _current: resource, body_id)
+    result = await ctx.repository.conditional_update(res_type, criteria, _replacing(ctx, resource), body_id)
     label = f"{res_type}/{result.version.res_id}"
     return _written(ctx, request, result, f"{'Created' if result.created else 'Updated'} {label}")
 
 
 async def patch(ctx: Context, request: Request, res_type: str, res_id: str) -> Response:
     check_id(res_id)
+    access.require(ctx, res_type, "u")
     kind = neg.check_body_type(request, (neg.JSON_PATCH,))
     assert kind == neg.JSON_PATCH
     operations = parse_body(request.body)
 
     def build(current: dict[str, Any] | None) -> dict[str, Any]:
         assert current is not None
+        access.check_content(ctx, current, "u")
         patched = apply_json_patch(current, operations)
         if not isinstance(patched, dict) or patched.get("resourceType") != res_type or patched.get("id") != res_id:
             raise BadRequest("A patch may not change the resourceType or id", expression="id")
         validate_resource(patched)
+        access.check_content(ctx, patched, "u")
         return patched
 
     result = await ctx.repository.update(res_type, res_id, build, if_match=neg.if_match(request),
@@ -146,12 +171,20 @@ def _deleted(request: Request, version: Version | None, label: str) -> Response:
 
 async def delete(ctx: Context, request: Request, res_type: str, res_id: str) -> Response:
     check_id(res_id)
-    version = await ctx.repository.delete(res_type, res_id, if_match=neg.if_match(request))
+    access.require(ctx, res_type, "d")
+    if_match = neg.if_match(request)
+    if not ctx.access.everything:   # judge the stored version, and delete exactly that one
+        current = await ctx.repository.read(res_type, res_id)
+        if current is not None and current.resource is not None:
+            access.check_content(ctx, current.resource, "d")
+            if_match = current.version if if_match is None else if_match
+    version = await ctx.repository.delete(res_type, res_id, if_match=if_match)
     return _deleted(request, version, f"{res_type}/{res_id}")
 
 
 async def conditional_delete(ctx: Context, request: Request, res_type: str) -> Response:
-    criteria = parse_criteria(ctx, res_type, request.query_string)
+    access.require(ctx, res_type, "d")
+    criteria = parse_criteria(ctx, res_type, request.query_string, "d")
     version = await ctx.repository.conditional_delete(res_type, criteria)
     if version is None:
         return Response(200, information("No resource matched the criteria; nothing was deleted", "not-found"), {})

@@ -5,12 +5,14 @@ from fhirserver.rest import export
 from fhirserver.rest.context import Context
 from fhirserver.rest.http import Request, Response
 from fhirserver.storage.reindex import reindex
-from resources.outcome import MethodNotAllowed, NotFound
+from resources.outcome import Forbidden, MethodNotAllowed, NotFound
 
 
 async def run_reindex(ctx: Context, request: Request, res_type: str | None = None) -> Response:
     """`$reindex`: rebuild the search index (of one type, or all) with the parameters in force now.
     Runs to completion within the request; `fhirserver reindex` does the same with a progress bar."""
+    if not ctx.access.is_admin:
+        raise Forbidden("$reindex needs an administrator's token (system/*.* scope, admin role)")
     report = await reindex(ctx.repository.pool, ctx.registry, [res_type] if res_type else None,
                            local_base=ctx.repository.local_base)
     return Response(200, {"resourceType": "Parameters", "parameter": [

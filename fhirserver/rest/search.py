@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
+from fhirserver.rest import access
 from fhirserver.rest import negotiation as neg
 from fhirserver.rest.context import Context
 from fhirserver.rest.http import Request, Response
@@ -12,7 +13,7 @@ from fhirserver.storage.repository import Version
 from resources.compartments import COMPARTMENT_TYPES, member_types
 from resources.elements import select_elements, summarize
 from resources.meta import check_id
-from resources.outcome import BadRequest, NotFound
+from resources.outcome import BadRequest, Forbidden, NotFound
 from resources.types import RESOURCE_TYPES
 from search.parse import parse_search
 from search.query import SearchQuery
@@ -37,18 +38,33 @@ def _strict(request: Request) -> bool:
     return "handling=strict" in (request.header("prefer") or "").replace(" ", "")
 
 
-def parse_criteria(ctx: Context, res_type: str, query_string: str) -> SearchQuery:
-    """Criteria of a conditional create/update/delete: unknown parameters are errors here, since
-    ignoring one would widen the match and touch the wrong resource."""
+def parse_criteria(ctx: Context, res_type: str, query_string: str, operation: str = "s") -> SearchQuery:
+    """Criteria of a conditional create/update/delete (or reference): unknown parameters are errors here,
+    since ignoring one would widen the match and touch the wrong resource. Under a patient-confined token
+    only resources of the patient's compartment can match."""
     params = [(k, v) for k, v in parse_qsl(query_string.lstrip("?"), keep_blank_values=True)
               if k not in ("_format", "_pretty")]
     if not params:
         raise BadRequest("A conditional request needs search criteria (e.g. identifier=system|value)")
+    compartment = _criteria_compartment(ctx, res_type, operation)
     query = parse_search(params, res_type=res_type, registry=ctx.registry, base_url=ctx.base_url, strict=True,
-                         max_count=ctx.max_page_size)
+                         max_count=ctx.max_page_size, compartment=compartment)
     if not query.clauses:
         raise BadRequest("A conditional request needs at least one search criterion")
     return query
+
+
+def _criteria_compartment(ctx: Context, res_type: str, operation: str) -> tuple[str, str] | None:
+    rules = ctx.access.rules(res_type, operation)
+    if not rules or any(rule.patient is None and not rule.query for rule in rules):
+        return None   # unrestricted (or not allowed at all: the interaction itself answers 403)
+    if all(rule.query for rule in rules):
+        raise Forbidden(f"The access token's scopes for {res_type} are restricted by a query; conditional "
+                        "interactions need an unrestricted scope")
+    patients = {rule.patient for rule in rules if not rule.query}
+    if len(patients) != 1 or None in patients:
+        raise Forbidden(f"The access token's scopes for {res_type} cannot be combined")
+    return "Patient", str(patients.pop())
 
 
 async def search_type(ctx: Context, request: Request, res_type: str) -> Response:
@@ -74,13 +90,35 @@ async def search_compartment(ctx: Context, request: Request, comp_type: str, com
     return await _search(ctx, request, res_type if res_type != "*" else None, types, path, (comp_type, comp_id))
 
 
+def _confined(ctx: Context, params: list[tuple[str, str]], res_types: tuple[str, ...],
+              compartment: tuple[str, str] | None) -> tuple[list[tuple[str, str]], tuple[str, ...],
+                                                          tuple[str, str] | None]:
+    """Narrow a search to what the token allows: its types, the patient compartment, scope queries."""
+    if not res_types:   # a system-wide search without _type: every type the caller may search
+        res_types = access.searchable_types(ctx, RESOURCE_TYPES)
+        if not res_types:
+            raise Forbidden("The access token does not allow searching any resource type")
+    patient, extra = access.search_restriction(ctx, res_types)
+    if patient is not None:
+        if compartment is not None and compartment != ("Patient", patient):
+            raise Forbidden(f"The access token is confined to the compartment of Patient/{patient}")
+        compartment = ("Patient", patient)
+        res_types = tuple(t for t in res_types if t in member_types("Patient"))
+    return params + extra, res_types, compartment
+
+
 async def _search(ctx: Context, request: Request, res_type: str | None, types: tuple[str, ...], path: str,
                   compartment: tuple[str, str] | None = None) -> Response:
-    query = parse_search(_params(request), res_type=res_type, registry=ctx.registry, base_url=ctx.base_url,
+    params = _params(request)
+    query = parse_search(params, res_type=res_type, registry=ctx.registry, base_url=ctx.base_url,
                          strict=_strict(request), max_count=ctx.max_page_size, compartment=compartment)
     res_types = query.res_types if query.res_types and not compartment else types
     if compartment and query.res_types:
         res_types = tuple(t for t in query.res_types if t in types)
+    if not ctx.access.everything:
+        params, res_types, compartment = _confined(ctx, params, res_types, compartment)
+        query = parse_search(params, res_type=res_type, registry=ctx.registry, base_url=ctx.base_url,
+                             strict=_strict(request), max_count=ctx.max_page_size, compartment=compartment)
     count = ctx.default_page_size if query.count is None else query.count
     summary_count = query.summary == "count" or count == 0
     base = ctx.url(path) if path else ctx.base_url
@@ -96,7 +134,9 @@ async def _search(ctx: Context, request: Request, res_type: str | None, types: t
             links.append({"relation": "previous", "url": _link(base, [*plain, ("_cursor", prev_cursor)])})
         entries = [_entry(ctx, v, "match", query) for v in matches]
         if query.includes or query.revincludes:
-            entries += [_entry(ctx, v, "include", query) for v in await ctx.searches.included(matches, query)]
+            included = await ctx.searches.included(matches, query)
+            shown = {id(r) for r in await access.visible(ctx, [v.resource for v in included if v.resource])}
+            entries += [_entry(ctx, v, "include", query) for v in included if id(v.resource) in shown]
         if query.total in (None, "accurate") and not query.cursor and next_cursor is None:
             bundle["total"] = len(matches)
     if "total" not in bundle and (summary_count or query.total in ("accurate", "estimate")

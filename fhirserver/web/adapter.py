@@ -17,6 +17,7 @@ from fhirserver.rest.http import Request
 from fhirserver.rest.negotiation import check_accept
 from fhirserver.rest.router import dispatch, interaction
 from fhirserver.settings import Settings
+from fhirserver.web.auth import TokenCheck, authenticate
 from fhirserver.web.metrics import Metrics
 from fhirserver.web.ratelimit import RateLimiter
 from fhirserver.web.responses import internal_error, render, render_error
@@ -76,8 +77,10 @@ SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "X-Frame-Options": "DEN
                     "Referrer-Policy": "no-referrer", "Cache-Control": "no-store"}
 
 
-def make_endpoint(settings: Settings, context: Callable[[], Context], metrics: Metrics) -> Endpoint:
-    """The one endpoint under the FHIR base; every error leaves it as an OperationOutcome."""
+def make_endpoint(settings: Settings, context: Callable[[], Context], metrics: Metrics,
+                  check_token: Callable[[], TokenCheck | None]) -> Endpoint:
+    """The one endpoint under the FHIR base; every error leaves it as an OperationOutcome.
+    `check_token()` gives the token verifier once the app has started (None: authorization is off)."""
     limiter = RateLimiter(settings.rate_limit_per_minute) if settings.rate_limit_per_minute > 0 else None
 
     async def fhir_endpoint(http_request: HTTPRequest) -> HTTPResponse:
@@ -97,6 +100,8 @@ def make_endpoint(settings: Settings, context: Callable[[], Context], metrics: M
             ctx = context()
             if not settings.public_base_url:
                 ctx = ctx.at(_request_base_url(http_request, settings))
+            audiences = {settings.base_url, ctx.base_url}
+            ctx = ctx.as_(await authenticate(check_token(), request.headers, request.path, audiences))
             response = render(await dispatch(ctx, request), request, head=http_request.method == "HEAD")
         except FHIRError as error:
             response = render_error(error, request)
