@@ -76,7 +76,8 @@ def free_port() -> int:
 def bench_http(files: list[Path], concurrency: int, workers: int, data_dir: Path) -> dict:
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "fhirserver.cli", "serve", "--data-dir", str(data_dir),
-                               "--port", str(port), "--workers", str(workers), "--log-level", "warning"],
+                               "--port", str(port), "--workers", str(workers), "--log-level", "warning",
+                               "--open"],   # no authorization (loopback only)
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}/fhir"
     try:

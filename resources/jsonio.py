@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from decimal import Decimal
 from typing import Any
 
@@ -16,7 +17,7 @@ import orjson
 
 from resources.outcome import BadRequest
 
-# A JSON number (between `:`/`[`/`,` and `,`/`]`/`}`) that a float would not write back the same: a trailing
+# A JSON number (between `:`/`[`/`,` and `,`/`]`/`}`) that a float might not write back the same: a trailing
 # fraction zero, an exponent, 16+ integer digits or 15+ fraction digits. Text inside strings rarely has that shape
 # (a string's characters are followed by a quote), so resources with OIDs or versions keep the fast path.
 _LOSSY_NUMBER = re.compile(rb"[:\[,]\s*-?(?:\d+\.\d*0|\d+(?:\.\d+)?[eE][+-]?\d+|\d{16,}|\d+\.\d{15,})\s*[,\]}]")
@@ -31,15 +32,37 @@ def _default(obj: Any) -> Any:
 def loads(data: bytes | str) -> Any:
     """Parse JSON; raises ValueError (orjson.JSONDecodeError) on malformed input."""
     raw = data.encode() if isinstance(data, str) else data
-    parsed = orjson.loads(raw)   # strict: rejects invalid UTF-8, lone surrogates, NaN, over-deep nesting
-    if _LOSSY_NUMBER.search(raw):
-        return json.loads(raw, parse_float=Decimal, parse_int=_parse_int, parse_constant=_reject_constant)
-    return parsed
+    if _LOSSY_NUMBER.search(raw) is None:
+        return orjson.loads(raw)   # strict: rejects invalid UTF-8, lone surrogates, NaN, over-deep nesting
+    # The slow path alone, as strict as orjson: UTF-8 decoded strictly, NaN/Infinity and numbers beyond a
+    # double refused, nesting limited by the recursion limit (under orjson's 1,024 levels). orjson still
+    # judges what the stdlib would take: lone surrogates, and deep nesting under a raised recursion limit.
+    if b"\\ud" in raw or b"\\uD" in raw or (sys.getrecursionlimit() > 1024 and raw.count(b"[") > 1000):
+        orjson.loads(raw)
+    try:
+        return json.loads(raw.decode(), parse_float=_parse_float, parse_int=_parse_int,
+                          parse_constant=_reject_constant)
+    except RecursionError as exc:
+        raise ValueError("the JSON is nested too deeply") from exc
+
+
+_DOUBLE_MAX = Decimal("1.7976931348623157e308")
+
+
+def _parse_float(text: str) -> Decimal:
+    value = Decimal(text)
+    if ("e" in text or "E" in text) and abs(value) > _DOUBLE_MAX:
+        raise ValueError(f"number is infinity when parsed as double: {text[:40]}")
+    return value
 
 
 def _parse_int(text: str) -> int | Decimal:
     value = int(text)
-    return value if -(2**63) <= value < 2**64 else Decimal(text)  # orjson writes only 64-bit ints
+    if -(2**63) <= value < 2**64:   # orjson writes only 64-bit ints
+        return value
+    if abs(value) > _DOUBLE_MAX:
+        raise ValueError(f"number is infinity when parsed as double: {text[:40]}")
+    return Decimal(text)
 
 
 def _reject_constant(name: str) -> Any:

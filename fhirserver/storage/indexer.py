@@ -6,8 +6,10 @@ in the caller's transaction, in one statement that also removes the previous ver
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from decimal import Decimal
+from operator import attrgetter
 from typing import Any
 
 import orjson
@@ -60,12 +62,20 @@ _FIELDS: dict[type, tuple[str, ...]] = {
     ReferenceValue: ("res_type", "res_id", "url", "version", "identifier_system", "identifier_value"),
     UriValue: ("uri",),
 }
+def _getter(fields: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:
+    """The values of `fields` as a tuple (attrgetter gives a bare value for one field)."""
+    if len(fields) == 1:
+        name = fields[0]
+        return lambda value: (getattr(value, name),)
+    return attrgetter(*fields)
 
 
-def index_rows(resource: dict[str, Any], registry: Registry,
-               local_base: str | None = None) -> dict[Table, list[dict[str, Any]]]:
-    """(param, grp, *values) rows per table. A composite's parts go under `code$N` sharing one grp."""
-    rows: dict[Table, list[dict[str, Any]]] = defaultdict(list)
+_GETTERS: dict[type, Callable[[Any], tuple[Any, ...]]] = {kind: _getter(fields) for kind, fields in _FIELDS.items()}
+
+
+def _values(resource: dict[str, Any], registry: Registry,
+            local_base: str | None) -> Iterator[tuple[str, int | None, Any]]:
+    """(param, grp, value) of every index row. A composite's parts go under `code$N` sharing one grp."""
     groups: dict[str, int] = defaultdict(int)
     res_type = str(resource.get("resourceType", ""))
     for code, value in extract(resource, registry):
@@ -77,27 +87,46 @@ def index_rows(resource: dict[str, Any], registry: Registry,
             grp = groups[code]
             groups[code] += 1
             for i, part in enumerate(value.parts):
-                _add(rows, f"{code}${i}", grp, part, local_base)
+                yield f"{code}${i}", grp, _localised(part, local_base)
         else:
-            _add(rows, code, None, value, local_base)
-    return rows
+            yield code, None, _localised(value, local_base)
 
 
-def _add(rows: dict[Table, list[dict[str, Any]]], param: str, grp: int | None, value: Any,
-         local_base: str | None) -> None:
-    kind = type(value)
-    if kind is ReferenceValue and value.url and "://" in value.url and value.res_id is not None \
+def _localised(value: Any, local_base: str | None) -> Any:
+    if type(value) is ReferenceValue and value.url and "://" in value.url and value.res_id is not None \
             and not (local_base and value.url.startswith(local_base.rstrip("/") + "/")):
         # an absolute URL to another server is indexed by URL only, so `subject=Patient/1` does not
         # match another server's Patient/1; one under this server's base is a local reference
-        value = ReferenceValue(None, None, value.url, value.identifier_system, value.identifier_value,
-                               value.version)
-    table = TABLES.get(kind)
-    if table is None:
-        return
-    row = {"param": param, "grp": grp}
-    row.update(zip(table.columns, (getattr(value, f) for f in _FIELDS[kind]), strict=True))
-    rows[table].append(row)
+        return ReferenceValue(None, None, value.url, value.identifier_system, value.identifier_value,
+                              value.version)
+    return value
+
+
+def index_rows(resource: dict[str, Any], registry: Registry,
+               local_base: str | None = None) -> dict[Table, list[dict[str, Any]]]:
+    """(param, grp, *values) rows per table, as dicts keyed by column."""
+    rows: dict[Table, list[dict[str, Any]]] = defaultdict(list)
+    for param, grp, value in _values(resource, registry, local_base):
+        kind = type(value)
+        table = TABLES.get(kind)
+        if table is None:
+            continue
+        row = {"param": param, "grp": grp}
+        row.update(zip(table.columns, _GETTERS[kind](value), strict=True))
+        rows[table].append(row)
+    return rows
+
+
+def index_tuples(resource: dict[str, Any], registry: Registry,
+                 local_base: str | None = None) -> dict[Table, list[tuple[Any, ...]]]:
+    """The same rows as `index_rows`, as (param, grp, *values) tuples in `Table.columns` order (for COPY)."""
+    rows: dict[Table, list[tuple[Any, ...]]] = defaultdict(list)
+    for param, grp, value in _values(resource, registry, local_base):
+        kind = type(value)
+        table = TABLES.get(kind)
+        if table is not None:
+            rows[table].append((param, grp, *_GETTERS[kind](value)))
+    return rows
 
 
 def index_ctes(res_type: str, res_id: str, resource: dict[str, Any] | None, registry: Registry, *,

@@ -1,0 +1,175 @@
+"""Set-based writes for `fhirserver load`: a whole chunk of resources in one transaction, with COPY.
+
+The rows are those the per-resource path (`Repository.update`/`create` inside a transaction) writes:
+the same versions, history rows, current rows and search-index rows, and the same skipping of
+unchanged content; only the statements differ. Per chunk: one query locks and fetches the current
+rows of every target (in key order, as `TransactionRepository.lock`), one draws the txids, then
+COPY writes `resource_history`, the current rows and every index table at once.
+"""
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+from psycopg.rows import tuple_row
+from psycopg_pool import AsyncConnectionPool
+
+from fhirserver.storage.errors import RETRYABLE, to_fhir_error
+from fhirserver.storage.indexer import TABLES, Table, index_tuples
+from fhirserver.storage.repository import _RETRIES, _now, _same
+from resources.jsonio import dumps
+from resources.meta import format_instant, stamp
+from search.registry import Registry
+
+
+@dataclass(frozen=True)
+class BulkWrite:
+    """One resource to store: `PUT` keeps `res_id` (an update-or-create), `POST` creates it under that
+    id (fresh, chosen by the caller). `resource` is the content as received, references resolved."""
+
+    res_type: str
+    res_id: str
+    resource: dict[str, Any]
+    method: str = "PUT"
+
+
+_LOCK = ("SELECT res_type, res_id, version, last_updated, body FROM resource WHERE (res_type, res_id) IN"
+         " (SELECT * FROM unnest(%s::text[], %s::text[])) ORDER BY res_type, res_id FOR UPDATE")
+_HISTORY = "COPY resource_history (txid, res_type, res_id, version, last_updated, method, body) FROM STDIN"
+_CURRENT = "COPY resource (res_type, res_id, version, last_updated, txid, deleted, body) FROM STDIN"
+_REPLACE = """INSERT INTO resource (res_type, res_id, version, last_updated, txid, deleted, body)
+    SELECT res_type, res_id, version, last_updated, txid, false, body FROM resource_history WHERE txid = ANY(%s)
+    ON CONFLICT (res_type, res_id) DO UPDATE SET version = excluded.version, last_updated = excluded.last_updated,
+        txid = excluded.txid, deleted = excluded.deleted, body = excluded.body"""
+_COPY_INDEX = {table: f"COPY {table.name} (res_type, res_id, param, grp, {', '.join(table.columns)}) FROM STDIN"
+               for table in TABLES.values()}
+_DELETE_INDEX = {table: f"DELETE FROM {table.name} WHERE (res_type, res_id) IN"  # noqa: S608
+                        " (SELECT * FROM unnest(%s::text[], %s::text[]))" for table in TABLES.values()}
+
+
+async def write_bulk(pool: AsyncConnectionPool, registry: Registry, writes: list[BulkWrite], *,
+                     local_base: str | None = None) -> int:
+    """Store `writes` in one transaction (all or nothing); identical content writes no new version.
+    Returns the number of versions written. Races with concurrent writers are retried from the start."""
+    keys = [(w.res_type, w.res_id) for w in writes]
+    if len(set(keys)) != len(keys):
+        raise ValueError("a bulk write names one resource twice")
+    for attempt in range(_RETRIES):
+        try:
+            async with pool.connection() as conn, conn.transaction():
+                return await _write(conn, registry, writes, local_base)
+        except RETRYABLE as exc:
+            if attempt == _RETRIES - 1:
+                raise to_fhir_error(exc) from exc
+            await asyncio.sleep(0.005 * (attempt + 1))
+        except psycopg.Error as exc:
+            raise to_fhir_error(exc) from exc
+    raise AssertionError("unreachable")
+
+
+@dataclass
+class _Row:
+    res_type: str
+    res_id: str
+    version: int
+    last_updated: datetime
+    method: str
+    body: bytes          # the stamped resource as JSON
+    resource: dict[str, Any]
+    replaces: bool       # a current row (live or deleted) exists: update it, drop its index rows
+
+
+async def _write(conn: psycopg.AsyncConnection, registry: Registry, writes: list[BulkWrite],
+                 local_base: str | None) -> int:
+    wanted = sorted((w.res_type, w.res_id) for w in writes if w.method != "POST")
+    current: dict[tuple[str, str], tuple[Any, ...]] = {}
+    cur = conn.cursor(row_factory=tuple_row)
+    if wanted:
+        await cur.execute(_LOCK, ([t for t, _ in wanted], [i for _, i in wanted]))
+        current = {(row[0], row[1]): row for row in await cur.fetchall()}
+    rows: list[_Row] = []
+    # the per-resource path runs creates before updates; txids follow that order
+    for write in sorted(writes, key=lambda w: w.method != "POST"):
+        found = current.get((write.res_type, write.res_id)) if write.method != "POST" else None
+        if found is not None and found[4] is not None and _same(found[4], stamp(
+                write.resource, res_id=write.res_id, version=found[2], last_updated=found[3])):
+            continue   # identical content: no new version
+        version = found[2] + 1 if found is not None else 1
+        now = _now()
+        body = stamp(write.resource, res_id=write.res_id, version=version, last_updated=now)
+        rows.append(_Row(write.res_type, write.res_id, version, now, write.method, dumps(body), body,
+                         found is not None))
+    if not rows:
+        return 0
+    await cur.execute("SELECT nextval('resource_txid_seq') FROM generate_series(1, %s)", (len(rows),))
+    txids = [row[0] for row in await cur.fetchall()]
+    ordered = sorted(zip(txids, rows, strict=True), key=lambda pair: (pair[1].res_type, pair[1].res_id))
+    async with cur.copy(_HISTORY) as copy:
+        await copy.write(b"".join(
+            b"%d\t%s\t%s\t%d\t%s\t%s\t%s\n" % (txid, _text(r.res_type), _text(r.res_id), r.version,
+                                               format_instant(r.last_updated).encode(), r.method.encode(),
+                                               r.body.replace(b"\\", b"\\\\"))
+            for txid, r in ordered))
+    fresh = [(txid, r) for txid, r in ordered if not r.replaces]
+    if fresh:
+        async with cur.copy(_CURRENT) as copy:
+            await copy.write(b"".join(
+                b"%s\t%s\t%d\t%s\t%d\tf\t%s\n" % (_text(r.res_type), _text(r.res_id), r.version,
+                                                  format_instant(r.last_updated).encode(), txid,
+                                                  r.body.replace(b"\\", b"\\\\"))
+                for txid, r in fresh))
+    replaced = [(txid, r) for txid, r in ordered if r.replaces]
+    if replaced:
+        await cur.execute(_REPLACE, ([txid for txid, _ in replaced],))
+        types, ids = [r.res_type for _, r in replaced], [r.res_id for _, r in replaced]
+        for table in TABLES.values():
+            await cur.execute(_DELETE_INDEX[table], (types, ids))
+    lines: dict[Table, list[str]] = {}
+    for _, r in ordered:
+        prefix = f"{r.res_type}\t{r.res_id}\t"
+        for table, values in index_tuples(r.resource, registry, local_base).items():
+            out = lines.get(table)
+            if out is None:
+                out = lines[table] = []
+            tabs = len(table.columns) + 1
+            for row in values:
+                # str() writes every value as PostgreSQL reads it; NULL is \0 until the line is known to need
+                # no escaping (no tab, newline or backslash inside a value, no NUL), else the slow way
+                line = "\t".join(["\0" if v is None else v if type(v) is str else str(v) for v in row])
+                if line.count("\t") == tabs and line.count("\0") == row.count(None) \
+                        and "\\" not in line and "\n" not in line and "\r" not in line:
+                    line = line.replace("\0", "\\N")
+                else:
+                    line = "\t".join([_field(v) for v in row])
+                out.append(prefix + line)
+    for table, data in lines.items():
+        async with cur.copy(_COPY_INDEX[table]) as copy:
+            await copy.write(("\n".join(data) + "\n").encode())
+    return len(rows)
+
+
+_NULL = b"\\N"
+
+
+def _text(value: str) -> bytes:
+    """A text value in COPY's text format."""
+    if "\\" in value or "\t" in value or "\n" in value or "\r" in value:
+        value = value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+    return value.encode()
+
+
+def _field(value: Any) -> str:
+    """One value in COPY's text format."""
+    if value is None:
+        return "\\N"
+    if type(value) is str:
+        if "\\" in value or "\t" in value or "\n" in value or "\r" in value:
+            value = value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+        return value
+    if type(value) in (bool, int, Decimal, datetime):
+        return str(value)
+    raise TypeError(f"cannot COPY a {type(value).__name__}")
