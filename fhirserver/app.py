@@ -19,10 +19,14 @@ from starlette.routing import Route
 from fhirserver.bulk.config import ExportConfig
 from fhirserver.bulk.manifest import FILE_PATH
 from fhirserver.bulk.worker import Worker
+from fhirserver.oauth.discovery import oauth_uris
+from fhirserver.oauth.routes import auth_routes
+from fhirserver.oauth.tokens import TokenVerifier
 from fhirserver.rest import export
 from fhirserver.rest.context import Context
 from fhirserver.rest.http import Request
 from fhirserver.settings import Settings, from_environment
+from fhirserver.storage.auth import AuthStore
 from fhirserver.storage.database import open_pool
 from fhirserver.storage.export import ExportStore
 from fhirserver.storage.health import job_queue, pool_stats, readiness
@@ -57,7 +61,12 @@ def build_app(settings: Settings) -> Starlette:
         listener = asyncio.create_task(parameters.listen(settings.database_url, pool))
         repository = Repository(pool, parameters, settings.base_url)
         state["ctx"] = Context(repository, SearchStore(pool), parameters, settings.base_url,
-                               settings.default_page_size, settings.max_page_size)
+                               settings.default_page_size, settings.max_page_size,
+                               oauth_uris=None if settings.open else oauth_uris)
+        verifier = TokenVerifier(AuthStore(pool), settings.database_url)   # access tokens (docs/smart.md)
+        await verifier.start()
+        state["verifier"] = verifier
+        state["token_check"] = verifier.verify_async
         exporter = None
         if export_config.workers > 0:   # Bulk Data export parts are also taken by `fhirserver worker` processes
             exporter = asyncio.create_task(Worker(ExportStore(pool), export_config, lambda: parameters.current).run())
@@ -67,6 +76,7 @@ def build_app(settings: Settings) -> Starlette:
             yield
         finally:
             listener.cancel()
+            await verifier.stop()
             if exporter is not None:
                 exporter.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -127,6 +137,7 @@ def build_app(settings: Settings) -> Starlette:
     base = settings.base_path
     routes = [Route("/health", health), Route("/ready", ready), Route("/metrics", prometheus),
               Route(base + f"/{FILE_PATH}/{{job}}/{{name}}", export_file, methods=["GET", "HEAD"]),
+              *auth_routes(settings, state),   # SMART authorization server, before the FHIR catch-all
               Route(base, endpoint, methods=METHODS), Route(base + "/{path:path}", endpoint, methods=METHODS)]
     middleware = []
     if settings.cors_origins:   # browser apps (SMART) on other origins

@@ -1,5 +1,5 @@
-"""`fhirserver` command line: serve, migrate, load, reindex, export, worker. Every subcommand reads the same
-settings."""
+"""`fhirserver` command line: serve, migrate, load, reindex, export, worker, and the authorization server's
+token, clients, users, launch, keys. Every subcommand reads the same settings."""
 from __future__ import annotations
 
 import argparse
@@ -13,6 +13,7 @@ from dataclasses import replace
 from fhirserver.settings import Settings, from_environment
 
 log = logging.getLogger("fhirserver")
+AUTH_COMMANDS = ("token", "clients", "users", "launch", "keys")   # fhirserver.oauth.commands
 
 DESCRIPTION = """A FHIR R4 (4.0.1) server on PostgreSQL.
 
@@ -100,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Print the connection URL of the database (starting the embedded PostgreSQL "
                                        "only for as long as the command runs, unless a server is using it).")
     _common(dburl)
+    from fhirserver.oauth.commands import register
+
+    register(sub, _common)
     return parser
 
 
@@ -298,6 +302,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_export(settings, args)
         if args.command == "worker":
             return cmd_worker(settings, args.concurrency)
+        if args.command in AUTH_COMMANDS:
+            from fhirserver.oauth.commands import run
+
+            return run(args, settings, database)
         if args.command == "database-url":
             with database(settings) as resolved:
                 print(resolved.database_url)

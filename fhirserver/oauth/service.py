@@ -1,0 +1,21 @@
+"""What every endpoint of the authorization server needs: settings, the store, the verifier (and its keys)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from fhirserver.oauth.clientauth import JwksCache
+from fhirserver.oauth.tokens import TokenVerifier
+from fhirserver.settings import Settings
+from fhirserver.storage.auth import AuthStore
+
+
+@dataclass(frozen=True)
+class AuthServer:
+    settings: Settings
+    store: AuthStore
+    verifier: TokenVerifier
+    jwks: JwksCache = field(default_factory=JwksCache)   # clients' keys fetched from their jwks_url
+
+    @property
+    def auth_path(self) -> str:
+        return self.settings.base_path + "/auth"
