@@ -93,14 +93,15 @@ def check_content(ctx: Context, resource: dict[str, Any], operation: str) -> Non
                     "unrestricted scope")
 
 
-async def visible(ctx: Context, resources: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The resources the caller may see (read or search), e.g. `_include`d ones and history entries."""
+async def visible(ctx: Context, resources: list[dict[str, Any]], operations: str = "rs") -> list[dict[str, Any]]:
+    """The resources the caller may see through one of `operations`: read or search for `_include`d
+    resources, read for history entries."""
     if ctx.access.everything:
         return resources
     shown = []
     for resource in resources:
         res_type = resource["resourceType"]
-        rules = ctx.access.rules(res_type, "r") + ctx.access.rules(res_type, "s")
+        rules = tuple(rule for op in operations for rule in ctx.access.rules(res_type, op))
         if UNRESTRICTED[0] in rules or (rules and await permits(ctx, resource, rules)):
             shown.append(resource)
     return shown

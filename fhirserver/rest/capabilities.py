@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 from conformance.capability import build_capability_statement
 from fhirserver.rest import negotiation as neg
@@ -40,8 +41,22 @@ def software_version() -> str:
         return "0+unknown"
 
 
-def statement(base_url: str, registry: Registry) -> dict:
-    return build_capability_statement(
+OAUTH_URIS = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
+SECURITY_SERVICE = "http://terminology.hl7.org/CodeSystem/restful-security-service"
+
+
+def security(uris: dict[str, str]) -> dict[str, Any]:
+    """rest.security for SMART on FHIR: the service code and the oauth-uris extension (some clients read only
+    this, not .well-known/smart-configuration)."""
+    return {"extension": [{"url": OAUTH_URIS, "extension": [{"url": k, "valueUri": v} for k, v in uris.items()]}],
+            "cors": True,
+            "service": [{"coding": [{"system": SECURITY_SERVICE, "code": "SMART-on-FHIR"}],
+                         "text": "OAuth2 using SMART-on-FHIR profile (see .well-known/smart-configuration)"}],
+            "description": "Every request except GET [base]/metadata needs a SMART access token (Bearer)."}
+
+
+def statement(base_url: str, registry: Registry, uris: dict[str, str] | None = None) -> dict:
+    built = build_capability_statement(
         base_url=base_url,
         resource_types=sorted(RESOURCE_TYPES),
         type_interactions=TYPE_INTERACTIONS,
@@ -56,11 +71,15 @@ def statement(base_url: str, registry: Registry) -> dict:
         conditional={"conditionalCreate": True, "conditionalUpdate": True, "conditionalDelete": "single",
                      "conditionalRead": "full-support"},
     )
+    if uris is not None:
+        built["rest"][0]["security"] = security(uris)
+    return built
 
 
 async def metadata(ctx: Context, request: Request) -> Response:
     key = f"{ctx.base_url} {id(ctx.registry)}"   # a reloaded registry is a new object
     cached = ctx.capability_statements.get(key)
     if cached is None:
-        cached = ctx.capability_statements[key] = statement(ctx.base_url, ctx.registry)
+        uris = ctx.oauth_uris(ctx.base_url) if ctx.oauth_uris else None
+        cached = ctx.capability_statements[key] = statement(ctx.base_url, ctx.registry, uris)
     return Response(200, cached, {})

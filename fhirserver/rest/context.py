@@ -1,6 +1,7 @@
 """What every interaction needs: the repository and the public base URL."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -21,6 +22,8 @@ class Context:
     max_page_size: int = 1000
     capability_statements: dict[str, dict[str, Any]] = field(default_factory=dict)  # per base URL, shared
     access: Access = field(default_factory=Access)   # who asks and what they may do; by default nothing
+    # base URL -> the authorization server's endpoints (SMART oauth-uris); None when authorization is off
+    oauth_uris: Callable[[str], dict[str, str]] | None = None
 
     @property
     def registry(self) -> Registry:

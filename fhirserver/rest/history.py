@@ -63,7 +63,7 @@ async def history(ctx: Context, request: Request, res_type: str | None = None, r
     )
     page = await ctx.repository.history(query)
     if not ctx.access.everything:   # only versions the caller may see; deleted ones are not provably theirs
-        shown = {id(r) for r in await access.visible(ctx, [v.resource for v in page.versions if v.resource])}
+        shown = {id(r) for r in await access.visible(ctx, [v.resource for v in page.versions if v.resource], "r")}
         page = type(page)([v for v in page.versions if id(v.resource) in shown], page.has_older, page.has_newer)
     if _count(ctx, request) == 0:
         page = type(page)([], page.has_older or bool(page.versions), page.has_newer)
