@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -12,6 +11,7 @@ import orjson
 from starlette.requests import Request as HTTPRequest
 from starlette.responses import Response as HTTPResponse
 
+from fhirserver.oauth.http import request_base_url
 from fhirserver.rest.context import Context
 from fhirserver.rest.http import Request
 from fhirserver.rest.negotiation import check_accept
@@ -24,7 +24,6 @@ from fhirserver.web.responses import internal_error, render, render_error
 from resources.outcome import BadRequest, FHIRError, MethodNotAllowed, PayloadTooLarge, TooManyRequests
 
 access_log = logging.getLogger("fhirserver.access")
-_HOST = re.compile(r"[A-Za-z0-9.\-]{1,253}(:\d{1,5})?|\[[0-9A-Fa-f:.]{2,45}\](:\d{1,5})?")
 MAX_QUERY_BYTES = 8192
 
 
@@ -42,14 +41,6 @@ async def _read_body(request: HTTPRequest, limit: int) -> bytes:
             raise PayloadTooLarge(f"The request body exceeds the limit of {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-def _request_base_url(request: HTTPRequest, settings: Settings) -> str:
-    """Without a configured public base URL, links follow the Host the client used (if well-formed)."""
-    host = request.headers.get("host", "")
-    if not _HOST.fullmatch(host):
-        return settings.base_url
-    return f"{request.url.scheme}://{host}{settings.base_path}"
 
 
 def _to_rest(request: HTTPRequest, body: bytes) -> Request:
@@ -97,9 +88,7 @@ def make_endpoint(settings: Settings, context: Callable[[], Context], metrics: M
             body = await _read_body(http_request, settings.max_body_bytes)
             request = _to_rest(http_request, body)
             check_accept(request)
-            ctx = context()
-            if not settings.public_base_url:
-                ctx = ctx.at(_request_base_url(http_request, settings))
+            ctx = context().at(request_base_url(http_request, settings))
             audiences = {settings.base_url, ctx.base_url}
             ctx = ctx.as_(await authenticate(check_token(), request.headers, request.path, audiences))
             response = render(await dispatch(ctx, request), request, head=http_request.method == "HEAD")
