@@ -169,3 +169,40 @@ def test_dynamic_registration(auth: AuthServer) -> None:
     bad = httpx.post(f"{auth.base}/auth/register", json={"redirect_uris": ["not a uri"]},
                      headers={"Authorization": f"Bearer {auth.admin_token()}"})
     assert bad.status_code == 400 and bad.json()["error"] == "invalid_redirect_uri"
+
+
+def test_backend_services_bulk_export(auth: AuthServer, tmp_path: Path) -> None:
+    """Bulk Data with SMART on: kick-off, status and files need the backend client's token, and answer only it."""
+    admin = {"Authorization": f"Bearer {auth.admin_token()}"}
+    names = {f"Export{uuid.uuid4().hex[:6]}" for _ in range(3)}
+    for family in names:
+        assert httpx.post(f"{auth.base}/Patient", json={"resourceType": "Patient", "name": [{"family": family}]},
+                          headers=admin).status_code == 201
+    signer = Signer("ES384")
+    client_id = _register(auth, tmp_path, signer)
+    token = _token(auth, signer.assertion(client_id, f"{auth.base}/auth/token"), scope="system/*.rs").json()
+    mine = {"Authorization": f"Bearer {token['access_token']}", "Prefer": "respond-async",
+            "Accept": "application/fhir+json"}
+    assert httpx.get(f"{auth.base}/$export?_type=Patient", headers={"Prefer": "respond-async"}).status_code == 401
+    kicked = httpx.get(f"{auth.base}/$export?_type=Patient", headers=mine)
+    assert kicked.status_code == 202, kicked.text
+    status_url = kicked.headers["Content-Location"]
+    other = {"Authorization": f"Bearer {auth.admin_token()}"}   # a valid token of another client
+    deadline = time.monotonic() + 60
+    while (polled := httpx.get(status_url, headers=mine)).status_code != 200:
+        assert polled.status_code in (202, 429) and time.monotonic() < deadline, polled.text
+        time.sleep(1.1)
+    assert httpx.get(status_url, headers=other).status_code == 404
+    manifest = polled.json()
+    assert manifest["requiresAccessToken"] is True
+    families: set[str] = set()
+    for item in manifest["output"]:
+        assert httpx.get(item["url"]).status_code == 401
+        assert httpx.get(item["url"], headers=other).status_code == 404
+        download = httpx.get(item["url"], headers={"Authorization": mine["Authorization"]})
+        assert download.status_code == 200
+        families |= {json.loads(line)["name"][0]["family"] for line in download.text.splitlines()
+                     if json.loads(line).get("name")}
+    assert names <= families
+    written = httpx.get(f"{auth.base}/Patient?_summary=count", headers=admin).json()["total"]
+    assert sum(item["count"] for item in manifest["output"]) == written
