@@ -3,6 +3,7 @@
     python bench/export.py                              # 1,000,000 resources, fresh temporary data directory
     python bench/export.py --resources 200000
     python bench/export.py --data-dir /tmp/exportbench --keep-data    # keep the generated data for re-runs
+    python bench/export.py --open                       # authorization off, for comparison
 
 What it does:
 1. starts `fhirserver serve` on a data directory (embedded PostgreSQL; DATABASE_URL is not used) with
@@ -12,14 +13,19 @@ What it does:
    index), then clones those rows in SQL (INSERT ... SELECT into resource_history and resource, new ids
    `<id>~<n>`, `id` rewritten in the body) until the count is reached. Clones carry no search-index rows:
    the benchmark is a system-level export, which reads `resource` only;
-3. kicks off `GET [base]/$export`, polls the status URL every 0.25 s while sampling the RSS of the server and
-   worker processes every 0.1 s, and stops the clock at the 200 with the manifest (CPU seconds of those
-   processes are reported too; PostgreSQL's are the rest);
-4. checks that the manifest's counts add up to the database's, and writes a JSON report to bench/results/.
+3. gets an operator token (`fhirserver token --scope 'system/*.*'` on the same data directory; not with
+   --open, which runs the server without authorization), kicks off `GET [base]/$export` with it, polls
+   the status URL every 0.25 s while sampling the RSS of the server and worker processes every 0.1 s, and
+   stops the clock at the 200 with the manifest (CPU seconds of those processes are reported too;
+   PostgreSQL's are the rest);
+4. checks that the manifest's counts add up to the database's and `requiresAccessToken` (true unless --open),
+   downloads the first output file with the token (after the clock stopped) and checks its line count, and
+   writes a JSON report to bench/results/.
 """
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import shutil
@@ -133,6 +139,9 @@ def main() -> int:
     parser.add_argument("--worker-lanes", type=int, default=1, help="--concurrency of each worker (default 1)")
     parser.add_argument("--gzip", action="store_true", help="store gzipped files")
     parser.add_argument("--output", help="JSON report (default bench/results/export-<UTC timestamp>.json)")
+    parser.add_argument("--open", action="store_true",
+                        help="run the server with --open (no authorization, no token) for comparison; "
+                             "default: authorization on, every request with a bearer token")
     args = parser.parse_args()
 
     data_dir = Path(args.data_dir) if args.data_dir else Path(tempfile.mkdtemp(prefix="fhir-export-bench-"))
@@ -141,7 +150,8 @@ def main() -> int:
                 "FHIRSERVER_EXPORT_DIR": str(data_dir / "exports"), "FHIRSERVER_EXPORT_GZIP": str(args.gzip).lower(),
                 "FHIRSERVER_LOG_LEVEL": "warning"}
     server_log = (data_dir / "server.log").open("wb")
-    server = subprocess.Popen([*FHIRSERVER, "serve", "--data-dir", str(data_dir), "--port", str(port)],
+    server = subprocess.Popen([*FHIRSERVER, "serve", "--data-dir", str(data_dir), "--port", str(port),
+                               *(["--open"] if args.open else [])],
                               env=environment(settings), stdout=server_log, stderr=subprocess.STDOUT)
     workers: list[subprocess.Popen[bytes]] = []
     base = f"http://127.0.0.1:{port}/fhir"
@@ -158,6 +168,17 @@ def main() -> int:
             time.sleep(0.3)
         url = subprocess.run([*FHIRSERVER, "database-url", "--data-dir", str(data_dir)], capture_output=True,
                              text=True, check=True, env=environment({})).stdout.strip()
+        auth: dict[str, str] = {}
+        if not args.open:
+            # Valid for a day: generating a large database can take a while before the export starts.
+            token = subprocess.run([*FHIRSERVER, "token", "--scope", "system/*.*", "--lifetime", "86400",
+                                    "--data-dir", str(data_dir), "--base-url", base, "--log-level", "warning"],
+                                   capture_output=True, text=True, check=True, env=environment({})).stdout.split()[-1]
+            auth = {"Authorization": f"Bearer {token}"}
+            denied = httpx.get(base + "/Patient?_count=1", timeout=10).status_code
+            allowed = httpx.get(base + "/Patient?_count=1", headers=auth, timeout=10).status_code
+            assert (denied, allowed) == (401, 200), f"without token {denied}, with token {allowed}"
+            log("authorization on: got an operator token; the export requests carry it")
         generate(url, args.resources, args.patients)
         total = database_count(url)
         for i in range(args.workers):
@@ -171,7 +192,7 @@ def main() -> int:
         rss_before = {name: process.memory_info().rss for name, process in sampler.processes.items()}
         cpu_before = {name: sum(process.cpu_times()[:2]) for name, process in sampler.processes.items()}
         log(f"exporting {total:,} resources ({os.cpu_count()} cores)")
-        with httpx.Client(timeout=60) as http:
+        with httpx.Client(timeout=60, headers=auth) as http:
             started = time.monotonic()
             kicked = http.get(base + "/$export", headers={"Prefer": "respond-async", "Accept": "application/fhir+json"})
             assert kicked.status_code == 202, kicked.text
@@ -183,19 +204,30 @@ def main() -> int:
                     break
                 assert status.status_code == 202, status.text
             seconds = time.monotonic() - started
-        sampler.stop.set()
-        sampler.join()
-        cpu = {name: round(sum(process.cpu_times()[:2]) - cpu_before[name], 2)
-               for name, process in sampler.processes.items()}
-        manifest = status.json()
-        exported = sum(item["count"] for item in manifest["output"])
-        assert exported == total, f"exported {exported} of {total}"
+            sampler.stop.set()
+            sampler.join()
+            cpu = {name: round(sum(process.cpu_times()[:2]) - cpu_before[name], 2)
+                   for name, process in sampler.processes.items()}
+            manifest = status.json()
+            exported = sum(item["count"] for item in manifest["output"])
+            assert exported == total, f"exported {exported} of {total}"
+            assert manifest.get("requiresAccessToken") is (not args.open), manifest.get("requiresAccessToken")
+            # One file through the download endpoint (outside the timed part): the token must be accepted.
+            first = manifest["output"][0]
+            download = http.get(first["url"], headers={"Accept": "application/fhir+ndjson"})
+            assert download.status_code == 200, f"download {first['url']}: {download.status_code} {download.text[:300]}"
+            content = download.content
+            if content[:2] == b"\x1f\x8b" and download.headers.get("content-encoding") != "gzip":
+                content = gzip.decompress(content)
+            lines = content.count(b"\n")
+            assert lines == first["count"], f"{first['url']}: {lines} lines, manifest count {first['count']}"
         job_dir = data_dir / "exports" / status_url.rsplit("/", 1)[1]
         size = sum(p.stat().st_size for p in job_dir.iterdir())
         report = {
             "benchmark": "export", "timestamp": datetime.now(UTC).isoformat(), "cores": os.cpu_count(),
             "resources": exported, "seconds": round(seconds, 2), "resources_per_second": round(exported / seconds),
             "files": len(manifest["output"]), "bytes": size, "gzip": args.gzip,
+            "authorization": not args.open,
             "server_lanes": args.server_lanes, "workers": args.workers, "worker_lanes": args.worker_lanes,
             "peak_rss_mb": {k: round(v / 2**20, 1) for k, v in sampler.peak.items()},
             "rss_before_mb": {k: round(v / 2**20, 1) for k, v in rss_before.items()},

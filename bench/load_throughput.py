@@ -2,9 +2,11 @@
 
 Prints a table and saves JSON under bench/results/. Each mode runs against a fresh embedded
 PostgreSQL (search indexing on). Peak RSS is sampled every 0.2 s over the server (or loader)
-process tree and, separately, the PostgreSQL processes.
+process tree and, separately, the PostgreSQL processes. The http mode sends an operator token
+(`fhirserver token --scope 'system/*.*'` on the server's data directory) with every request, as
+authorization is on by default; --open runs the server without authorization instead, for comparison.
 
-    python bench/load_throughput.py [--files N] [--concurrency 4] [--workers 2] [--mode http,load]
+    python bench/load_throughput.py [--files N] [--concurrency 4] [--workers 2] [--mode http,load] [--open]
 """
 from __future__ import annotations
 
@@ -73,11 +75,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def bench_http(files: list[Path], concurrency: int, workers: int, data_dir: Path) -> dict:
+def operator_token(data_dir: Path, base: str) -> str:
+    """`fhirserver token --scope 'system/*.*'` on the running server's data directory (valid for a day)."""
+    out = subprocess.run([sys.executable, "-m", "fhirserver.cli", "token", "--scope", "system/*.*",
+                          "--lifetime", "86400", "--data-dir", str(data_dir), "--base-url", base,
+                          "--log-level", "warning"], capture_output=True, text=True, check=True)
+    return out.stdout.split()[-1]
+
+
+def bench_http(files: list[Path], concurrency: int, workers: int, data_dir: Path, open_access: bool = False) -> dict:
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "fhirserver.cli", "serve", "--data-dir", str(data_dir),
                                "--port", str(port), "--workers", str(workers), "--log-level", "warning",
-                               "--open"],   # no authorization (loopback only)
+                               *(["--open"] if open_access else [])],   # --open: no authorization (loopback only)
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}/fhir"
     try:
@@ -87,6 +97,13 @@ def bench_http(files: list[Path], concurrency: int, workers: int, data_dir: Path
                     break
             except httpx.TransportError:
                 time.sleep(0.2)
+        auth: dict[str, str] = {}
+        if not open_access:
+            auth = {"Authorization": f"Bearer {operator_token(data_dir, base)}"}
+            denied = httpx.get(base + "/Patient?_count=1", timeout=10).status_code
+            allowed = httpx.get(base + "/Patient?_count=1", headers=auth, timeout=10).status_code
+            if (denied, allowed) != (401, 200):
+                raise SystemExit(f"authorization check failed: without token {denied}, with token {allowed}")
         bodies = [gzip.decompress(f.read_bytes()) for f in files]
         counts = [len(json.loads(b)["entry"]) for b in bodies]
         statuses: dict[int, int] = {}
@@ -95,7 +112,7 @@ def bench_http(files: list[Path], concurrency: int, workers: int, data_dir: Path
             queue: asyncio.Queue[int] = asyncio.Queue()
             for i in range(len(bodies)):
                 queue.put_nowait(i)
-            async with httpx.AsyncClient(timeout=600) as http:
+            async with httpx.AsyncClient(timeout=600, headers=auth) as http:
                 async def worker() -> None:
                     while not queue.empty():
                         i = queue.get_nowait()
@@ -109,7 +126,8 @@ def bench_http(files: list[Path], concurrency: int, workers: int, data_dir: Path
         with PeakRSS(server.pid, str(data_dir)) as rss:
             seconds = asyncio.run(run())
         ok = sum(counts) if statuses.get(200, 0) == len(bodies) else -1
-        return {"mode": "http-transactions", "concurrency": concurrency, "server_workers": workers,
+        return {"mode": "http-transactions", "authorization": not open_access,
+                "concurrency": concurrency, "server_workers": workers,
                 "bundles": len(bodies), "resources": ok, "seconds": round(seconds, 2),
                 "resources_per_s": round(ok / seconds, 1), "statuses": statuses,
                 "peak_rss_server_mb": round(rss.peak_app / 2**20, 1),
@@ -142,6 +160,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--workers", type=int, default=2, help="server workers (http) / loader workers (load)")
     parser.add_argument("--mode", default="http,load")
+    parser.add_argument("--open", action="store_true",
+                        help="http mode: run the server with --open (no authorization, no token) for comparison")
     args = parser.parse_args()
     files = sorted(SYNTHEA.glob("*.json.gz"))
     patients = [f for f in files if not f.name.startswith(("hospital", "practitioner"))]
@@ -153,7 +173,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="fhirbench-") as tmp:
             tmp_path = Path(tmp)
             if mode == "http":
-                run = bench_http(chosen, args.concurrency, args.workers, tmp_path / "data")
+                run = bench_http(chosen, args.concurrency, args.workers, tmp_path / "data", args.open)
             else:
                 (tmp_path / "in").mkdir()
                 run = bench_load(chosen, args.workers, tmp_path / "data", tmp_path / "in")

@@ -1,10 +1,15 @@
 #!/usr/bin/env python3
 """REST throughput benchmark: create, read and update of Patient at several concurrency levels.
 
-    python bench/rest_throughput.py [--base-url URL] [--duration S] [--concurrency 1,16,64] [--workers W]
+    python bench/rest_throughput.py [--base-url URL [--token T]] [--duration S] [--concurrency 1,16,64]
+                                    [--workers W] [--open]
 
 Without --base-url it starts `fhirserver serve` on a fresh temporary data directory and a free port
-(--workers W, default 2) and stops it at the end; with --base-url it measures that server.
+(--workers W, default 2), gets an operator token from `fhirserver token --scope 'system/*.*'` on the same
+data directory, and stops the server at the end; with --base-url it measures that server with --token
+(or $FHIR_BENCH_TOKEN). Every request carries `Authorization: Bearer <token>`, so the server verifies a
+token per request, as in production. --open measures without authorization instead (the started server
+runs with --open; no token is sent), for comparison.
 
 The load generator is `wrk` (C; bench/wrk/fhir_rest.lua builds the bodies and ids and reports the
 percentiles) when installed, otherwise a lean asyncio HTTP/1.1 client in this file. Results are printed
@@ -134,10 +139,11 @@ def fill_values(n: int, tag: str, thread: int = 1) -> dict[str, str]:
 # ---- a lean asyncio HTTP/1.1 client (pool creation, and the fallback generator) ---------------------------
 
 class Conn:
-    """One keep-alive HTTP/1.1 connection; requests go one at a time."""
+    """One keep-alive HTTP/1.1 connection; requests go one at a time (with the bearer token if given)."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, token: str | None = None) -> None:
         self.host, self.port = host, port
+        self.auth = f"Authorization: Bearer {token}\r\n" if token else ""
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
@@ -151,7 +157,8 @@ class Conn:
     async def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, dict[str, str], bytes]:
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
-        head = f"{method} {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nAccept: application/fhir+json\r\n"
+        head = (f"{method} {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nAccept: application/fhir+json\r\n"
+                + self.auth)
         if body is not None:
             head += f"Content-Type: application/fhir+json\r\nContent-Length: {len(body)}\r\n"
         self.writer.write(head.encode() + b"\r\n" + (body or b""))
@@ -251,7 +258,7 @@ def run_async(coro: Any) -> Any:
 
 
 async def python_cell(host: str, port: int, plan: Plan, concurrency: int, duration: float,
-                      sample_every: int) -> dict[str, Any]:
+                      sample_every: int, token: str | None) -> dict[str, Any]:
     latencies: list[float] = []
     statuses: Counter[int] = Counter()
     socket_errors = Counter[str]()
@@ -260,7 +267,7 @@ async def python_cell(host: str, port: int, plan: Plan, concurrency: int, durati
     deadline = started + duration
 
     async def worker() -> None:
-        conn = Conn(host, port)
+        conn = Conn(host, port, token)
         seen = 0
         while (t0 := time.perf_counter()) < deadline:
             method, path, body = plan.next()
@@ -305,14 +312,14 @@ async def python_cell(host: str, port: int, plan: Plan, concurrency: int, durati
 
 
 async def create_pool(host: str, port: int, base_path: str, template: Template, size: int, tag: str,
-                      concurrency: int = 16) -> tuple[list[str], list[str]]:
+                      token: str | None, concurrency: int = 16) -> tuple[list[str], list[str]]:
     """POST `size` Patients; return their ids and any problems seen."""
     ids: list[str] = []
     problems: list[str] = []
     counter = iter(range(1, size + 1))
 
     async def worker() -> None:
-        conn = Conn(host, port)
+        conn = Conn(host, port, token)
         for n in counter:
             try:
                 status, headers, body = await conn.request("POST", f"{base_path}/Patient",
@@ -459,8 +466,11 @@ def fhirserver_command() -> list[str]:
                      "or pass --base-url to measure a running server")
 
 
-def http_get(url: str, timeout: float = 5) -> tuple[int, bytes]:
-    request = urllib.request.Request(url, headers={"Accept": "application/fhir+json"})
+def http_get(url: str, timeout: float = 5, token: str | None = None) -> tuple[int, bytes]:
+    headers = {"Accept": "application/fhir+json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(url, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, response.read()
@@ -471,7 +481,7 @@ def http_get(url: str, timeout: float = 5) -> tuple[int, bytes]:
 class Server:
     """`fhirserver serve` on a fresh data directory and a free port; SIGTERM and wait at the end."""
 
-    def __init__(self, workers: int, log_level: str | None, log_path: Path) -> None:
+    def __init__(self, workers: int, log_level: str | None, log_path: Path, open_access: bool = False) -> None:
         self.data_dir = Path(tempfile.mkdtemp(prefix="fhir-rest-bench-"))
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}/fhir"
@@ -480,6 +490,8 @@ class Server:
                         "--workers", str(workers)]
         if log_level:
             self.command += ["--log-level", log_level]
+        if open_access:
+            self.command.append("--open")
         self.process: subprocess.Popen[bytes] | None = None
         self.final_log = ""
 
@@ -502,6 +514,19 @@ class Server:
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
+
+    def token(self, lifetime: int = 7 * 86400) -> str:
+        """An operator token (`fhirserver token --scope 'system/*.*'`) from the running server's database.
+
+        Same data directory, port and environment as the server (so the same database and the same base URL,
+        the token's audience). Valid for a week, so that long runs (--wait-idle) do not outlive it."""
+        command = [*fhirserver_command(), "token", "--scope", "system/*.*", "--lifetime", str(lifetime),
+                   "--data-dir", str(self.data_dir), "--port", str(self.port), "--log-level", "warning"]
+        out = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120)
+        lines = out.stdout.split()
+        if out.returncode != 0 or not lines:
+            raise SystemExit(f"error: `{' '.join(command)}` failed (exit {out.returncode}):\n{out.stderr[-2000:]}")
+        return lines[-1]
 
     def postmaster_pid(self) -> int | None:
         with contextlib.suppress(OSError, ValueError, IndexError):
@@ -587,7 +612,7 @@ def wrk_version() -> str | None:
 
 
 def wrk_cell(base_url: str, base_path: str, scenario: str, concurrency: int, duration: float, threads: int,
-             template_file: str, ids_file: str, tag: str, sample_every: int) -> dict[str, Any]:
+             template_file: str, ids_file: str, tag: str, sample_every: int, token: str | None) -> dict[str, Any]:
     threads = max(1, min(threads, concurrency))
     parts = urlsplit(base_url)
     seconds = max(1, round(duration))  # wrk takes whole seconds
@@ -595,7 +620,11 @@ def wrk_cell(base_url: str, base_path: str, scenario: str, concurrency: int, dur
                "-s", str(WRK_SCRIPT), f"{parts.scheme}://{parts.netloc}", "--",
                scenario, base_path, template_file if scenario != "read" else "-",
                ids_file if scenario != "create" else "-", tag, str(sample_every), str(threads)]
-    out = subprocess.run(command, capture_output=True, text=True, errors="replace")
+    # The token goes through the environment (not argv): fhir_rest.lua reads FHIR_BENCH_TOKEN.
+    env = {k: v for k, v in os.environ.items() if k != "FHIR_BENCH_TOKEN"}
+    if token:
+        env["FHIR_BENCH_TOKEN"] = token
+    out = subprocess.run(command, capture_output=True, text=True, errors="replace", env=env)
     for line in out.stdout.splitlines():
         if line.startswith("WRK_JSON "):
             return json.loads(line[len("WRK_JSON "):])
@@ -715,6 +744,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="seconds per scenario and concurrency level (whole seconds with wrk)")
     p.add_argument("--concurrency", type=parse_levels, default="1,16,64", help="comma-separated connection counts")
     p.add_argument("--workers", type=int, default=2, help="server processes of the server this script starts")
+    p.add_argument("--open", action="store_true",
+                   help="measure without authorization: start the server with --open and send no token "
+                        "(default: authorization on, a bearer token on every request)")
+    p.add_argument("--token", default=os.environ.get("FHIR_BENCH_TOKEN"),
+                   help="access token for --base-url (default $FHIR_BENCH_TOKEN), e.g. from "
+                        "`fhirserver token --scope 'system/*.*'`; the script gets its own for the server it starts")
     p.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated subset of create,read,update")
     p.add_argument("--pool-size", type=int, default=1000, help="Patients created up front for read and update")
     p.add_argument("--warmup", type=float, default=3.0, help="seconds of unrecorded create and read load first")
@@ -734,7 +769,40 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     unknown = set(args.scenarios) - set(SCENARIOS)
     if unknown:
         p.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
+    if args.open:
+        args.token = None
+    elif args.base_url and not args.token:
+        p.error("--base-url needs --token (or $FHIR_BENCH_TOKEN), e.g. --token \"$(fhirserver token --scope "
+                "'system/*.*' --base-url URL ...)\" next to that server; or --open for a server without authorization")
+    elif not args.base_url:
+        args.token = None   # the script gets a token from the server it starts
     return args
+
+
+def check_authorization(base_url: str, token: str | None) -> dict[str, Any]:
+    """Make sure the requests will be authorized as intended before measuring anything.
+
+    With a token: a request without it must be refused (401: authorization is really on) and one with it
+    accepted. With --open: a request without a token must be accepted."""
+    probe = base_url + "/Patient?_count=1"
+    anonymous, body = http_get(probe)
+    result: dict[str, Any] = {"enabled": token is not None, "probe": "GET [base]/Patient?_count=1",
+                              "status_without_token": anonymous}
+    if token is None:
+        if anonymous != 200:
+            raise SystemExit(f"error: --open, but GET {probe} without a token answered {anonymous} (the server "
+                             f"requires authorization: drop --open, or pass --token with --base-url): "
+                             f"{body[:300].decode(errors='replace')}")
+        return result
+    with_token, body = http_get(probe, token=token)
+    result["status_with_token"] = with_token
+    if with_token != 200:
+        raise SystemExit(f"error: GET {probe} with the token answered {with_token}: "
+                         f"{body[:300].decode(errors='replace')}")
+    if anonymous != 401:
+        print(f"warning: GET {probe} without a token answered {anonymous}, not 401: the server does not seem to "
+              "enforce authorization (started with --open?); measuring anyway", file=sys.stderr, flush=True)
+    return result
 
 
 def choose_generator(wanted: str) -> tuple[str, str | None]:
@@ -755,9 +823,14 @@ def server_under_test(args: argparse.Namespace, log_path: Path) -> Iterator[Serv
     if args.base_url:
         yield None
         return
-    server = Server(args.workers, args.server_log_level, log_path)
+    server = Server(args.workers, args.server_log_level, log_path, open_access=args.open)
     try:
         server.start()
+        if not args.open:
+            t0 = time.perf_counter()
+            args.token = server.token()
+            print(f"got an operator token (system/*.*) from `fhirserver token` in {time.perf_counter() - t0:.1f} s; "
+                  "every request carries it", flush=True)
         yield server
     finally:
         code = server.stop()
@@ -785,7 +858,8 @@ def main(argv: list[str] | None = None) -> int:
         "generator": {"name": generator, "version": generator_version,
                       "threads": args.wrk_threads if generator == "wrk" else 1},
         "settings": {"duration_s": args.duration, "concurrency": args.concurrency, "scenarios": args.scenarios,
-                     "pool_size": args.pool_size, "warmup_s": args.warmup, "sample_every": args.sample_every},
+                     "pool_size": args.pool_size, "warmup_s": args.warmup, "sample_every": args.sample_every,
+                     "authorization": "off (--open)" if args.open else "bearer token on every request"},
     }
     cells: list[dict[str, Any]] = []
     idle_busy, busiest = background_load()
@@ -803,6 +877,7 @@ def main(argv: list[str] | None = None) -> int:
         if parts.scheme != "http":
             raise SystemExit("error: only http:// base URLs are supported")
         status, body = http_get(base_url + "/metadata")
+        report["authorization"] = check_authorization(base_url, args.token)
         software = {}
         with contextlib.suppress(ValueError, AttributeError):
             meta = json.loads(body)
@@ -816,7 +891,8 @@ def main(argv: list[str] | None = None) -> int:
                                             if k.startswith(("FHIRSERVER_", "PG")) or k == "DATABASE_URL"}
                             if server else None}
         print(f"server {base_url}  workers={report['server']['workers'] or 'unknown'}  cores={os.cpu_count()}  "
-              f"generator={generator}{' (' + generator_version + ')' if generator_version else ''}", flush=True)
+              f"generator={generator}{' (' + generator_version + ')' if generator_version else ''}  "
+              f"authorization={'off (--open)' if args.open else 'on (bearer token)'}", flush=True)
 
         create_file = Path(scratch, "create.json")
         update_file = Path(scratch, "update.json")
@@ -829,7 +905,8 @@ def main(argv: list[str] | None = None) -> int:
         ids: list[str] = []
         if {"read", "update"} & set(args.scenarios):
             t0 = time.perf_counter()
-            ids, problems = run_async(create_pool(host, port, base_path, create_t, args.pool_size, f"pool-{stamp}"))
+            ids, problems = run_async(create_pool(host, port, base_path, create_t, args.pool_size, f"pool-{stamp}",
+                                                  args.token))
             print(f"created a pool of {len(ids)} Patients in {time.perf_counter() - t0:.1f} s"
                   + (f"; {len(problems)} problems, e.g. {problems[0]}" if problems else ""), flush=True)
             report["pool"] = {"requested": args.pool_size, "created": len(ids), "problems": len(problems),
@@ -848,10 +925,10 @@ def main(argv: list[str] | None = None) -> int:
             if generator == "wrk":
                 raw = wrk_cell(base_url, base_path, scenario, concurrency, duration, args.wrk_threads,
                                str(update_file if scenario == "update" else create_file), str(ids_file), tag,
-                               args.sample_every)
+                               args.sample_every, args.token)
             else:
                 plan = Plan(scenario, base_path, tag, ids, update_t if scenario == "update" else create_t)
-                raw = run_async(python_cell(host, port, plan, concurrency, duration, args.sample_every))
+                raw = run_async(python_cell(host, port, plan, concurrency, duration, args.sample_every, args.token))
             return raw, watch.usage(before, watch.snapshot(), generator)
 
         runnable = [s for s in args.scenarios if s == "create" or ids]
@@ -898,7 +975,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print()
     print(f"REST throughput: {os.cpu_count()} cores, server workers {report['server']['workers'] or 'unknown'}, "
-          f"generator {generator}, {args.duration:g} s per cell")
+          f"generator {generator}, {args.duration:g} s per cell, "
+          f"authorization {'off (--open)' if args.open else 'on (bearer token per request)'}")
     print_table(cells)
     print()
     for t in report["targets"]:

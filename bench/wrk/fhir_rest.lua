@@ -12,6 +12,8 @@
 --   THREADS        the -t value (update spreads ids over the threads)
 --
 -- Placeholders filled per request: ID (update), UID, FAMILY, BIRTH, PHONE, LINE.
+-- Authorization: when the environment variable FHIR_BENCH_TOKEN is set (rest_throughput.py sets it unless
+-- --open), every request carries `Authorization: Bearer $FHIR_BENCH_TOKEN`.
 -- The `done` function prints one line `WRK_JSON {...}` with the counts and latency percentiles (ms).
 
 local threads = {}
@@ -28,6 +30,9 @@ failed = 0      -- verifications that failed
 failures = {}   -- the first few failure descriptions
 
 local mode, base, tag, sample_every, nthreads
+local token = os.getenv("FHIR_BENCH_TOKEN")
+if token == "" then token = nil end
+if token then wrk.headers["Authorization"] = "Bearer " .. token end
 local parts, keys, tail = {}, {}, ""
 local ids, nids = {}, 0
 local counter, seen = 0, 0
@@ -98,13 +103,19 @@ local function body_from(v)
    return table.concat(buf)
 end
 
+-- wrk.format uses the headers given instead of wrk.headers (all but Host), so Authorization goes in each.
+local function with_auth(h)
+   if token then h["Authorization"] = "Bearer " .. token end
+   return h
+end
+
 function request()
    if mode == "read" then
       return wrk.format("GET", base .. "/Patient/" .. ids[math.random(nids)],
-                        { ["Accept"] = "application/fhir+json" })
+                        with_auth({ ["Accept"] = "application/fhir+json" }))
    end
    local v = values()
-   local headers = { ["Content-Type"] = "application/fhir+json", ["Accept"] = "application/fhir+json" }
+   local headers = with_auth({ ["Content-Type"] = "application/fhir+json", ["Accept"] = "application/fhir+json" })
    if mode == "create" then
       return wrk.format("POST", base .. "/Patient", headers, body_from(v))
    end

@@ -22,6 +22,7 @@ log = logging.getLogger("fhirserver.auth")
 LEEWAY = 30               # seconds of clock skew tolerated on exp/nbf/iat
 RELOAD_INTERVAL = 1.0     # at most one key reload per second triggered by unknown kids
 HOUSEKEEPING_SECONDS = 600
+VERIFIED_CACHE = 10_000   # signature-checked tokens remembered (clients send the same token many times)
 
 
 class TokenVerifier:
@@ -35,6 +36,7 @@ class TokenVerifier:
         self._tasks: list[asyncio.Task[None]] = []
         self._last_reload = 0.0
         self._reload_lock = asyncio.Lock()
+        self._verified: dict[str, dict[str, Any]] = {}   # whole token text -> its signed claims
 
     async def start(self) -> None:
         """Load keys and revocations; LISTEN for changes made by any process."""
@@ -70,6 +72,7 @@ class TokenVerifier:
 
     async def reload_keys(self) -> None:
         await self.keys.load()
+        self._verified.clear()   # a key may have gone: its tokens must be checked again
         self._last_reload = time.monotonic()
 
     async def _housekeeping(self) -> None:
@@ -83,7 +86,19 @@ class TokenVerifier:
                 log.warning("auth housekeeping: %s", exc)
 
     def signed_claims(self, token: str) -> dict[str, Any]:
-        """Claims of a token signed by one of our keys as an access token (signature, alg, typ; no time checks)."""
+        """Claims of a token signed by one of our keys as an access token (signature, alg, typ; no time checks).
+        The signature check costs more than the rest of a read, so a verified token is remembered by its exact
+        text; expiry, audience and revocation are still checked on every use."""
+        cached = self._verified.get(token)
+        if cached is not None:
+            return cached
+        claims = self._check_signature(token)
+        if len(self._verified) >= VERIFIED_CACHE:
+            self._verified.pop(next(iter(self._verified)))
+        self._verified[token] = claims
+        return claims
+
+    def _check_signature(self, token: str) -> dict[str, Any]:
         try:
             header = unverified_header(token)
         except JoseError as exc:
