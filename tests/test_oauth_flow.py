@@ -88,7 +88,7 @@ def test_standalone_flow_with_patient_picker(auth: AuthServer, setup: dict[str, 
     assert claims["patient"] == "p2" and claims["fhirUser"] == "Practitioner/7" and claims["aud"] == auth.base
     id_claims = _jwt_claims(body["id_token"])
     assert id_claims["aud"] == setup["public"] and id_claims["iss"] == auth.base and id_claims["nonce"] == "n-0S6"
-    assert id_claims["fhirUser"] == f"{auth.base}/Practitioner/7"
+    assert id_claims["fhirUser"] == f"{auth.base}/Practitioner/7" == body["fhirUser"]
     # the token opens the FHIR endpoint (enforcement: fhirserver.web, docs/smart.md)
     bearer = {"Authorization": f"Bearer {body['access_token']}"}
     assert httpx.get(f"{auth.base}/metadata", headers=bearer).status_code == 200

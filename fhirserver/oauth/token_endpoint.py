@@ -130,6 +130,8 @@ async def _tokens(server: AuthServer, request: Request, client: Client, grant: d
         body["patient"] = grant["patient"]
     if grant.get("encounter"):
         body["encounter"] = grant["encounter"]
+    if grant.get("fhir_user") and "fhirUser" in scope:   # also in the id_token; some apps read it only here
+        body["fhirUser"] = f"{grant['aud']}/{grant['fhir_user']}"
     body["need_patient_banner"] = bool(grant.get("patient"))
     body["smart_style_url"] = f"{issuer}/auth/smart-style.json"
     issued: dict[str, Any] = {"jti": claims["jti"], "exp": claims["exp"]}
