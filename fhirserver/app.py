@@ -61,7 +61,8 @@ def build_app(settings: Settings) -> Starlette:
         listener = asyncio.create_task(parameters.listen(settings.database_url, pool))
         repository = Repository(pool, parameters, settings.base_url)
         state["ctx"] = Context(repository, SearchStore(pool), parameters, settings.base_url,
-                               settings.default_page_size, settings.max_page_size,
+                               settings.default_page_size, settings.max_page_size, settings.max_bundle_entries,
+                               settings.max_json_depth,
                                oauth_uris=None if settings.open else oauth_uris)
         verifier = TokenVerifier(AuthStore(pool), settings.database_url)   # access tokens (docs/smart.md)
         await verifier.start()

@@ -32,6 +32,11 @@ class Settings:
     max_body_bytes: int = 16 * 1024 * 1024
     statement_timeout_ms: int = 60_000        # a database statement running longer is cancelled
     rate_limit_per_minute: int = 0            # requests per client address per minute; 0: unlimited
+    client_rate_limit_per_minute: int = 0     # requests per SMART client (token client_id) per minute; 0: unlimited
+    max_query_bytes: int = 8192               # longest query string accepted (400 beyond)
+    max_json_depth: int = 64                  # deepest JSON nesting accepted in a body (400 beyond)
+    max_bundle_entries: int = 10_000          # most entries in a batch/transaction Bundle (413 beyond)
+    request_timeout_seconds: float = 120.0    # a FHIR request still running after this answers 503 (0: none)
     cors_origins: str = ""                    # comma-separated origins allowed by CORS ("*" for any); "": off
     default_page_size: int = 50      # _count when the client gives none (search and history)
     max_page_size: int = 1000        # the largest _count honoured
@@ -105,6 +110,8 @@ def from_environment(env: dict[str, str] | None = None) -> Settings:
     for name, convert in (("HOST", str), ("PORT", int), ("BASE_PATH", str), ("PUBLIC_BASE_URL", str),
                           ("WORKERS", int), ("POOL_MIN", int), ("POOL_MAX", int), ("MAX_BODY_BYTES", int),
                           ("STATEMENT_TIMEOUT_MS", int), ("RATE_LIMIT_PER_MINUTE", int), ("CORS_ORIGINS", str),
+                          ("CLIENT_RATE_LIMIT_PER_MINUTE", int), ("MAX_QUERY_BYTES", int), ("MAX_JSON_DEPTH", int),
+                          ("MAX_BUNDLE_ENTRIES", int), ("REQUEST_TIMEOUT_SECONDS", float),
                           ("OPEN", _boolean), ("OPEN_ON_NETWORK", _boolean), ("ACCESS_TOKEN_SECONDS", int),
                           ("REFRESH_TOKEN_SECONDS", int), ("ONLINE_REFRESH_SECONDS", int),
                           ("LOGIN_MAX_FAILURES", int), ("LOCKOUT_SECONDS", int),

@@ -113,6 +113,12 @@ class TooManyRequests(FHIRError):
     status, code = 429, "throttled"
 
 
+class Unavailable(FHIRError):
+    """Transient: the database is unreachable, or the request ran out of time; retrying later may work."""
+
+    status, code = 503, "transient"
+
+
 class ServerError(FHIRError):
     """Unexpected failure; the message shown to the client never carries internals."""
 

@@ -52,7 +52,7 @@ class Entry:
 async def process(ctx: Context, request: Request) -> Response:
     """POST [base]: a batch or transaction Bundle."""
     neg.check_body_type(request)
-    bundle = parse_body(request.body)
+    bundle = parse_body(request.body, ctx.max_json_depth)
     if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
         raise BadRequest("POST [base] takes a Bundle of type batch or transaction", expression="resourceType")
     kind = bundle.get("type")
@@ -62,8 +62,9 @@ async def process(ctx: Context, request: Request) -> Response:
     raw_entries = bundle.get("entry", [])
     if not isinstance(raw_entries, list):
         raise BadRequest("Bundle.entry must be an array", expression="Bundle.entry")
-    if len(raw_entries) > MAX_ENTRIES:
-        raise PayloadTooLarge(f"The Bundle has {len(raw_entries)} entries; the limit is {MAX_ENTRIES}")
+    limit = min(MAX_ENTRIES, ctx.max_bundle_entries)
+    if len(raw_entries) > limit:
+        raise PayloadTooLarge(f"The Bundle has {len(raw_entries)} entries; the limit is {limit}")
     if kind == "batch":
         # each batch entry succeeds or fails on its own, so only the envelope is checked here
         validate_resource({**bundle, "entry": [{k: v for k, v in e.items() if k != "resource"}

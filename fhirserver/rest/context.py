@@ -20,6 +20,8 @@ class Context:
     base_url: str
     default_page_size: int = 50
     max_page_size: int = 1000
+    max_bundle_entries: int = 10_000
+    max_json_depth: int = 64
     capability_statements: dict[str, dict[str, Any]] = field(default_factory=dict)  # per base URL, shared
     access: Access = field(default_factory=Access)   # who asks and what they may do; by default nothing
     # base URL -> the authorization server's endpoints (SMART oauth-uris); None when authorization is off

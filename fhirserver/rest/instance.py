@@ -27,7 +27,8 @@ def _incoming(ctx: Context, request: Request, res_type: str, *, ignore_id: bool 
     """Parse and structurally validate a request body that must be a `res_type` resource.
     A create ignores any id in the body (R4 http.html#create), so it is dropped before validation."""
     neg.check_body_type(request)
-    resource = dict(request.parsed) if isinstance(request.parsed, dict) else parse_body(request.body)
+    parsed = request.parsed if isinstance(request.parsed, dict) else parse_body(request.body, ctx.max_json_depth)
+    resource = dict(parsed) if isinstance(parsed, dict) else parsed
     if not isinstance(resource, dict):
         raise BadRequest("The request body must be a JSON object holding a FHIR resource")
     given = resource.get("resourceType")
@@ -143,7 +144,7 @@ async def patch(ctx: Context, request: Request, res_type: str, res_id: str) -> R
     access.require(ctx, res_type, "u")
     kind = neg.check_body_type(request, (neg.JSON_PATCH,))
     assert kind == neg.JSON_PATCH
-    operations = parse_body(request.body)
+    operations = parse_body(request.body, ctx.max_json_depth)
 
     def build(current: dict[str, Any] | None) -> dict[str, Any]:
         assert current is not None

@@ -6,13 +6,9 @@ import logging
 import psycopg
 from psycopg import errors as pg
 
-from resources.outcome import BadRequest, Conflict, FHIRError, ServerError
+from resources.outcome import BadRequest, Conflict, FHIRError, ServerError, Unavailable
 
 log = logging.getLogger("fhirserver.storage")
-
-
-class Unavailable(FHIRError):
-    status, code = 503, "transient"
 
 
 RETRYABLE = (pg.SerializationFailure, pg.DeadlockDetected, pg.UniqueViolation)

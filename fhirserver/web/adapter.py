@@ -1,6 +1,7 @@
 """The Starlette adapter: HTTP request in, rest Request through the router, HTTP response out."""
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -13,7 +14,7 @@ from starlette.responses import Response as HTTPResponse
 
 from fhirserver.oauth.http import request_base_url
 from fhirserver.rest.context import Context
-from fhirserver.rest.http import Request
+from fhirserver.rest.http import Request, Response
 from fhirserver.rest.negotiation import check_accept
 from fhirserver.rest.router import dispatch, interaction
 from fhirserver.settings import Settings
@@ -21,10 +22,9 @@ from fhirserver.web.auth import TokenCheck, authenticate
 from fhirserver.web.metrics import Metrics
 from fhirserver.web.ratelimit import RateLimiter
 from fhirserver.web.responses import internal_error, render, render_error
-from resources.outcome import BadRequest, FHIRError, MethodNotAllowed, PayloadTooLarge, TooManyRequests
+from resources.outcome import BadRequest, FHIRError, MethodNotAllowed, PayloadTooLarge, TooManyRequests, Unavailable
 
 access_log = logging.getLogger("fhirserver.access")
-MAX_QUERY_BYTES = 8192
 
 
 async def _read_body(request: HTTPRequest, limit: int) -> bytes:
@@ -43,10 +43,10 @@ async def _read_body(request: HTTPRequest, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _to_rest(request: HTTPRequest, body: bytes) -> Request:
+def _to_rest(request: HTTPRequest, body: bytes, settings: Settings) -> Request:
     raw_query = request.scope.get("query_string", b"")
-    if len(raw_query) > MAX_QUERY_BYTES:
-        raise BadRequest(f"The query string is longer than {MAX_QUERY_BYTES} bytes")
+    if len(raw_query) > settings.max_query_bytes:
+        raise BadRequest(f"The query string is longer than {settings.max_query_bytes} bytes")
     try:
         query = tuple(parse_qsl(raw_query.decode("utf-8"), keep_blank_values=True, errors="strict"))
     except (UnicodeDecodeError, ValueError) as exc:
@@ -73,25 +73,27 @@ def make_endpoint(settings: Settings, context: Callable[[], Context], metrics: M
     """The one endpoint under the FHIR base; every error leaves it as an OperationOutcome.
     `check_token()` gives the token verifier once the app has started (None: authorization is off)."""
     limiter = RateLimiter(settings.rate_limit_per_minute) if settings.rate_limit_per_minute > 0 else None
+    per_client = (RateLimiter(settings.client_rate_limit_per_minute)
+                  if settings.client_rate_limit_per_minute > 0 else None)
 
     async def fhir_endpoint(http_request: HTTPRequest) -> HTTPResponse:
         started = time.perf_counter()
         request: Request | None = None
         try:
             if limiter is not None:
-                wait = limiter.retry_after(http_request.client.host if http_request.client else "unknown")
-                if wait:
-                    raise TooManyRequests(f"Too many requests from this address; retry in {wait} s",
-                                          headers={"Retry-After": str(wait)})
+                _limit(limiter, http_request.client.host if http_request.client else "unknown", "this address")
             if http_request.method == "OPTIONS":
                 raise MethodNotAllowed("OPTIONS is not supported; see GET [base]/metadata")
             body = await _read_body(http_request, settings.max_body_bytes)
-            request = _to_rest(http_request, body)
+            request = _to_rest(http_request, body, settings)
             check_accept(request)
             ctx = context().at(request_base_url(http_request, settings))
             audiences = {settings.base_url, ctx.base_url}
             ctx = ctx.as_(await authenticate(check_token(), request.headers, request.path, audiences))
-            response = render(await dispatch(ctx, request), request, head=http_request.method == "HEAD")
+            if per_client is not None and ctx.access.client_id:
+                _limit(per_client, ctx.access.client_id, "this client")
+            response = render(await _within(settings.request_timeout_seconds, dispatch(ctx, request)), request,
+                              head=http_request.method == "HEAD")
         except FHIRError as error:
             response = render_error(error, request)
         except Exception as exc:  # the one place unexpected failures become a 500 OperationOutcome
@@ -104,6 +106,23 @@ def make_endpoint(settings: Settings, context: Callable[[], Context], metrics: M
         return response
 
     return fhir_endpoint
+
+
+def _limit(limiter: RateLimiter, key: str, who: str) -> None:
+    wait = limiter.retry_after(key)
+    if wait:
+        raise TooManyRequests(f"Too many requests from {who}; retry in {wait} s", headers={"Retry-After": str(wait)})
+
+
+async def _within(seconds: float, work: Awaitable[Response]) -> Response:
+    """The slow-request limit: past it the work is cancelled (its transaction rolls back) and 503 answers."""
+    if seconds <= 0:
+        return await work
+    try:
+        return await asyncio.wait_for(work, seconds)
+    except TimeoutError:
+        raise Unavailable(f"The request took longer than {seconds:g} s and was stopped; nothing of it was "
+                          "written. Narrow it (e.g. a smaller _count or Bundle) or retry later") from None
 
 
 def _log(http_request: HTTPRequest, status: int, started: float) -> None:
