@@ -55,7 +55,8 @@ def build_app(settings: Settings) -> Starlette:
         warm_up()  # build the validator tables now, not on the first request
         standard_registry()
         pool = await open_pool(settings.database_url, min_size=settings.pool_min, max_size=settings.pool_max,
-                               statement_timeout_ms=settings.statement_timeout_ms)
+                               statement_timeout_ms=settings.statement_timeout_ms,
+                               wait_seconds=settings.pool_wait_seconds)
         parameters = SearchParameters(standard_registry())
         await parameters.reload(pool)
         listener = asyncio.create_task(parameters.listen(settings.database_url, pool))

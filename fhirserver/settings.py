@@ -29,6 +29,7 @@ class Settings:
     workers: int = 1
     pool_min: int = 2
     pool_max: int = 20
+    pool_wait_seconds: float = 5.0            # longest wait for a database connection before 503
     max_body_bytes: int = 16 * 1024 * 1024
     statement_timeout_ms: int = 60_000        # a database statement running longer is cancelled
     rate_limit_per_minute: int = 0            # requests per client address per minute; 0: unlimited
@@ -108,7 +109,8 @@ def from_environment(env: dict[str, str] | None = None) -> Settings:
 
     values: dict[str, object] = {}
     for name, convert in (("HOST", str), ("PORT", int), ("BASE_PATH", str), ("PUBLIC_BASE_URL", str),
-                          ("WORKERS", int), ("POOL_MIN", int), ("POOL_MAX", int), ("MAX_BODY_BYTES", int),
+                          ("WORKERS", int), ("POOL_MIN", int), ("POOL_MAX", int),
+                          ("POOL_WAIT_SECONDS", float), ("MAX_BODY_BYTES", int),
                           ("STATEMENT_TIMEOUT_MS", int), ("RATE_LIMIT_PER_MINUTE", int), ("CORS_ORIGINS", str),
                           ("CLIENT_RATE_LIMIT_PER_MINUTE", int), ("MAX_QUERY_BYTES", int), ("MAX_JSON_DEPTH", int),
                           ("MAX_BUNDLE_ENTRIES", int), ("REQUEST_TIMEOUT_SECONDS", float),

@@ -19,12 +19,14 @@ set_json_loads(_load_resource)
 set_json_dumps(jsonio.dumps)
 
 
-async def open_pool(database_url: str, *, min_size: int, max_size: int,
-                    statement_timeout_ms: int = 0) -> AsyncConnectionPool:
+async def open_pool(database_url: str, *, min_size: int, max_size: int, statement_timeout_ms: int = 0,
+                    wait_seconds: float = 5.0) -> AsyncConnectionPool:
+    """The pool of the server. A request waits at most `wait_seconds` for a connection: when the database is
+    down that wait ends in a 503 (the pool keeps reconnecting in the background and recovers by itself)."""
     kwargs: dict[str, object] = {"autocommit": True}
     if statement_timeout_ms:
         kwargs["options"] = f"-c statement_timeout={int(statement_timeout_ms)}"
     pool = AsyncConnectionPool(database_url, min_size=min_size, max_size=max_size, open=False,
-                               kwargs=kwargs, name="fhirserver")
+                               kwargs=kwargs, name="fhirserver", timeout=wait_seconds)
     await pool.open(wait=True, timeout=30)
     return pool
