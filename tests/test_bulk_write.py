@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import psycopg
 
-from fhirserver.loader import FileReport, bulk_writes, units
+from fhirserver.loader import FileReport, units
+from fhirserver.rest.bulk_plan import plan
 from fhirserver.storage.migrate import migrate
 from resources.jsonio import dumps
 from tests.conftest import throwaway_database
@@ -67,12 +69,13 @@ async def _load(url: str, paths: list[Path], bulk: bool) -> None:
         for path in paths:
             for label, bundle, _, validated in units(path, FileReport(str(path))):
                 if bulk:
-                    writes = bulk_writes(bundle, validated)
+                    writes = plan(bundle, validated)
                     assert writes is not None, label
                     await write_bulk(pool, parameters.current, writes)
                 else:
                     await process(ctx, Request("POST", "", headers={"content-type": "application/fhir+json"},
-                                               body=dumps(bundle), skip_unchanged=True, validated=validated))
+                                               body=dumps(bundle), skip_unchanged=True, validated=validated,
+                                               entry_by_entry=True))
     finally:
         await pool.close()
 
@@ -123,7 +126,7 @@ def test_bundles_the_bulk_path_does_not_take_go_the_regular_way() -> None:
         {"resource": {"resourceType": "Observation", "status": "final", "code": {"text": "x"},
                       "subject": {"reference": "urn:uuid:1"}},
          "request": {"method": "POST", "url": "Observation"}}]}
-    writes = bulk_writes(plain, False)
+    writes = plan(plain, False)
     assert writes is not None and writes[1].resource["subject"]["reference"] == f"Patient/{writes[0].res_id}"
     conditional = json.loads(json.dumps(plain))
     conditional["entry"][0]["request"]["ifNoneExist"] = "identifier=x"
@@ -135,4 +138,57 @@ def test_bundles_the_bulk_path_does_not_take_go_the_regular_way() -> None:
     invalid["entry"][0]["resource"]["bogus"] = 1
     batch = {**plain, "type": "batch"}
     for bundle in (conditional, dangling, by_search, invalid, batch):
-        assert bulk_writes(bundle, False) is None
+        assert plan(bundle, False) is None
+
+
+async def _respond(url: str, bundle: dict[str, Any], entry_by_entry: bool, prefer: str | None) -> dict[str, Any]:
+    from fhirserver.rest.bundle import process
+    from fhirserver.rest.context import Context
+    from fhirserver.rest.http import Request
+    from fhirserver.security.scopes import Access
+    from fhirserver.storage.database import open_pool
+    from fhirserver.storage.parameters import SearchParameters
+    from fhirserver.storage.repository import Repository
+    from fhirserver.storage.searching import SearchStore
+    from search.registry import standard_registry
+
+    pool = await open_pool(url, min_size=1, max_size=2)
+    try:
+        parameters = SearchParameters(standard_registry())
+        ctx = Context(Repository(pool, parameters), SearchStore(pool), parameters, "http://x/fhir",
+                      access=Access.open())
+        headers = {"content-type": "application/fhir+json", **({"prefer": prefer} if prefer else {})}
+        response = await process(ctx, Request("POST", "", headers=headers, body=dumps(bundle),
+                                              entry_by_entry=entry_by_entry))
+        return dict(response.resource)
+    finally:
+        await pool.close()
+
+
+def _normalised(response: dict[str, Any]) -> str:
+    """The response with generated ids and times replaced, so both paths' answers compare."""
+    text = json.dumps(response, sort_keys=True)
+    ids = {e["response"]["location"].split("/")[-3] for e in response["entry"]}
+    for n, res_id in enumerate(sorted(ids, key=text.index)):
+        text = text.replace(res_id, f"id{n}")
+    return re.sub(r'"(lastModified|lastUpdated)": "[^"]+"', r'"\1": "T"', text)
+
+
+def test_set_based_transaction_answers_like_the_entry_by_entry_path(database_url: str) -> None:
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": "urn:uuid:5c0a3a52-0000-4000-8000-000000000001",
+         "resource": {"resourceType": "Patient", "name": [{"family": "Same"}]},
+         "request": {"method": "POST", "url": "Patient"}},
+        {"resource": {"resourceType": "Observation", "id": "same-o1", "status": "final", "code": {"text": "x"},
+                      "subject": {"reference": "urn:uuid:5c0a3a52-0000-4000-8000-000000000001"}},
+         "request": {"method": "PUT", "url": "Observation/same-o1"}}]}
+    assert plan(bundle, False) is not None
+    with throwaway_database(database_url, "sb_") as one, throwaway_database(database_url, "eb_") as other:
+        migrate(one)
+        migrate(other)
+        for prefer in (None, "return=minimal", "return=OperationOutcome", None):   # the last: updates
+            set_based = asyncio.run(_respond(one, bundle, False, prefer))
+            entry_by_entry = asyncio.run(_respond(other, bundle, True, prefer))
+            assert _normalised(set_based) == _normalised(entry_by_entry), prefer
+        statuses = [e["response"]["status"] for e in set_based["entry"]]
+        assert statuses == ["201 Created", "200 OK"], statuses

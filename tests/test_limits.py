@@ -81,7 +81,7 @@ def test_slow_request_is_stopped_and_writes_nothing(database_url: str,
     try:
         marker = uuid.uuid4().hex
         entries = [{"resource": {**_patient(), "name": [{"family": marker}]},
-                    "request": {"method": "POST", "url": "Patient"}} for _ in range(300)]
+                    "request": {"method": "POST", "url": "Patient"}} for _ in range(3000)]
         response = httpx.post(live.base_url, json={"resourceType": "Bundle", "type": "transaction", "entry": entries},
                               timeout=60)
         assert "longer than 0.05 s" in _outcome(response, 503)

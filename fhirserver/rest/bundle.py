@@ -16,9 +16,13 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from fhirserver.rest import negotiation as neg
+from fhirserver.rest.bulk_plan import MAX_ENTRIES, plan
 from fhirserver.rest.context import Context
 from fhirserver.rest.http import Request, Response
+from fhirserver.rest.instance import written
 from fhirserver.rest.search import parse_criteria
+from fhirserver.security.scopes import UNRESTRICTED
+from fhirserver.storage.bulk_write import BulkWrite, write_bulk
 from fhirserver.storage.repository import Repository, TransactionRepository
 from resources.jsonio import dumps, parse_body
 from resources.meta import check_id, format_instant, new_id
@@ -29,7 +33,6 @@ from resources.validate import validate_resource
 ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
 _HEADERS = {"ifMatch": "if-match", "ifNoneMatch": "if-none-match", "ifModifiedSince": "if-modified-since",
             "ifNoneExist": "if-none-exist"}
-MAX_ENTRIES = 10_000
 
 
 @dataclass
@@ -70,6 +73,10 @@ async def process(ctx: Context, request: Request) -> Response:
         validate_resource({**bundle, "entry": [{k: v for k, v in e.items() if k != "resource"}
                                                 if isinstance(e, dict) else e for e in raw_entries]})
         return await _batch(ctx, request, raw_entries)
+    writes = None if request.entry_by_entry else plan(bundle, request.validated)
+    if writes is not None and all(ctx.access.rules(w.res_type, "c" if w.method == "POST" else "u") == UNRESTRICTED
+                                  for w in writes):
+        return await _set_based(ctx, request, writes)
     if not request.validated:   # a loader that already validated every resource says so
         validate_resource(bundle)
     entries = [_entry(ctx, i, raw) for i, raw in enumerate(raw_entries)]
@@ -190,6 +197,17 @@ async def _transaction(ctx: Context, request: Request, entries: list[Entry]) -> 
 
     results = await ctx.repository.transaction(work)
     return Response(200, {"resourceType": "Bundle", "type": "transaction-response", "entry": results}, {})
+
+
+async def _set_based(ctx: Context, request: Request, writes: list[BulkWrite]) -> Response:
+    """A transaction of plain creates and updates, written at once (fhirserver.rest.bulk_plan); each entry's
+    response is what the create or update interaction answers."""
+    results = await write_bulk(ctx.repository.pool, ctx.registry, writes, local_base=ctx.repository.local_base,
+                               skip_unchanged=request.skip_unchanged)
+    entries = [_entry_response(written(ctx, request, result, f"{'Created' if result.created else 'Updated'} "
+                                                             f"{w.res_type}/{w.res_id}"))
+               for w, result in zip(writes, results, strict=True)]
+    return Response(200, {"resourceType": "Bundle", "type": "transaction-response", "entry": entries}, {})
 
 
 def _key(target: str) -> tuple[str, str]:

@@ -17,6 +17,7 @@ class Request:
     validated: bool = False          # the body was already validated as part of its Bundle (never set from HTTP)
     skip_unchanged: bool = False     # bulk load: an update with identical content writes no version (never from HTTP)
     parsed: Any = None               # the body already parsed, for Bundle entries (never set from HTTP)
+    entry_by_entry: bool = False     # a transaction skips the set-based path (tests compare both; never from HTTP)
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name)

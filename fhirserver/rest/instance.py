@@ -46,7 +46,7 @@ def _incoming(ctx: Context, request: Request, res_type: str, *, ignore_id: bool 
     return resource
 
 
-def _written(ctx: Context, request: Request, result: WriteResult, message: str) -> Response:
+def written(ctx: Context, request: Request, result: WriteResult, message: str) -> Response:
     """The response to a create/update/patch, shaped by `Prefer: return=`."""
     version = result.version
     headers = _version_headers(ctx, version)
@@ -68,9 +68,9 @@ async def create(ctx: Context, request: Request, res_type: str) -> Response:
     criteria = parse_criteria(ctx, res_type, condition, "c") if condition else None
     result = await ctx.repository.create(res_type, resource, if_none_exist=criteria, res_id=request.assigned_id)
     if not result.changed:
-        return _written(ctx, request, result, f"{res_type}/{result.version.res_id} already matches If-None-Exist; "
+        return written(ctx, request, result, f"{res_type}/{result.version.res_id} already matches If-None-Exist; "
                                                "nothing was created")
-    return _written(ctx, request, result, f"Created {res_type}/{result.version.res_id}")
+    return written(ctx, request, result, f"Created {res_type}/{result.version.res_id}")
 
 
 async def read(ctx: Context, request: Request, res_type: str, res_id: str) -> Response:
@@ -123,7 +123,7 @@ async def update(ctx: Context, request: Request, res_type: str, res_id: str) -> 
         raise BadRequest(f"The body id {body_id!r} does not match the URL id {res_id!r}", expression="id")
     result = await ctx.repository.update(res_type, res_id, _replacing(ctx, resource), if_match=neg.if_match(request),
                                          skip_unchanged=request.skip_unchanged)
-    return _written(ctx, request, result, f"{'Created' if result.created else 'Updated'} {res_type}/{res_id}")
+    return written(ctx, request, result, f"{'Created' if result.created else 'Updated'} {res_type}/{res_id}")
 
 
 async def conditional_update(ctx: Context, request: Request, res_type: str) -> Response:
@@ -136,7 +136,7 @@ async def conditional_update(ctx: Context, request: Request, res_type: str) -> R
         check_id(body_id)
     result = await ctx.repository.conditional_update(res_type, criteria, _replacing(ctx, resource), body_id)
     label = f"{res_type}/{result.version.res_id}"
-    return _written(ctx, request, result, f"{'Created' if result.created else 'Updated'} {label}")
+    return written(ctx, request, result, f"{'Created' if result.created else 'Updated'} {label}")
 
 
 async def patch(ctx: Context, request: Request, res_type: str, res_id: str) -> Response:
@@ -158,7 +158,7 @@ async def patch(ctx: Context, request: Request, res_type: str, res_id: str) -> R
 
     result = await ctx.repository.update(res_type, res_id, build, if_match=neg.if_match(request),
                                          method="PATCH", must_exist=True)
-    return _written(ctx, request, result, f"Patched {res_type}/{res_id}")
+    return written(ctx, request, result, f"Patched {res_type}/{res_id}")
 
 
 def _deleted(request: Request, version: Version | None, label: str) -> Response:

@@ -1,4 +1,4 @@
-"""Set-based writes for `fhirserver load`: a whole chunk of resources in one transaction, with COPY.
+"""Set-based writes (fhirserver.rest.bulk_plan): a whole Bundle or chunk of resources in one transaction, with COPY.
 
 The rows are those the per-resource path (`Repository.update`/`create` inside a transaction) writes:
 the same versions, history rows, current rows and search-index rows, and the same skipping of
@@ -20,7 +20,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from fhirserver.storage.errors import RETRYABLE, to_fhir_error
 from fhirserver.storage.indexer import TABLES, Table, index_tuples
-from fhirserver.storage.repository import _RETRIES, _now, _same
+from fhirserver.storage.repository import _RETRIES, Version, WriteResult, _now, _same
 from resources.jsonio import dumps
 from resources.meta import format_instant, stamp
 from search.registry import Registry
@@ -37,7 +37,7 @@ class BulkWrite:
     method: str = "PUT"
 
 
-_LOCK = ("SELECT res_type, res_id, version, last_updated, body FROM resource WHERE (res_type, res_id) IN"
+_LOCK = ("SELECT res_type, res_id, version, last_updated, body, txid FROM resource WHERE (res_type, res_id) IN"
          " (SELECT * FROM unnest(%s::text[], %s::text[])) ORDER BY res_type, res_id FOR UPDATE")
 _HISTORY = "COPY resource_history (txid, res_type, res_id, version, last_updated, method, body) FROM STDIN"
 _CURRENT = "COPY resource (res_type, res_id, version, last_updated, txid, deleted, body) FROM STDIN"
@@ -52,16 +52,17 @@ _DELETE_INDEX = {table: f"DELETE FROM {table.name} WHERE (res_type, res_id) IN" 
 
 
 async def write_bulk(pool: AsyncConnectionPool, registry: Registry, writes: list[BulkWrite], *,
-                     local_base: str | None = None) -> int:
-    """Store `writes` in one transaction (all or nothing); identical content writes no new version.
-    Returns the number of versions written. Races with concurrent writers are retried from the start."""
+                     local_base: str | None = None, skip_unchanged: bool = True) -> list[WriteResult]:
+    """Store `writes` in one transaction (all or nothing); with `skip_unchanged`, identical content writes
+    no new version (as a load wants). The results are in the order of `writes`. Races with concurrent
+    writers are retried from the start."""
     keys = [(w.res_type, w.res_id) for w in writes]
     if len(set(keys)) != len(keys):
         raise ValueError("a bulk write names one resource twice")
     for attempt in range(_RETRIES):
         try:
             async with pool.connection() as conn, conn.transaction():
-                return await _write(conn, registry, writes, local_base)
+                return await _write(conn, registry, writes, local_base, skip_unchanged)
         except RETRYABLE as exc:
             if attempt == _RETRIES - 1:
                 raise to_fhir_error(exc) from exc
@@ -81,10 +82,11 @@ class _Row:
     body: bytes          # the stamped resource as JSON
     resource: dict[str, Any]
     replaces: bool       # a current row (live or deleted) exists: update it, drop its index rows
+    created: bool        # no live version before: a create (201) for the client
 
 
 async def _write(conn: psycopg.AsyncConnection, registry: Registry, writes: list[BulkWrite],
-                 local_base: str | None) -> int:
+                 local_base: str | None, skip_unchanged: bool) -> list[WriteResult]:
     wanted = sorted((w.res_type, w.res_id) for w in writes if w.method != "POST")
     current: dict[tuple[str, str], tuple[Any, ...]] = {}
     cur = conn.cursor(row_factory=tuple_row)
@@ -92,21 +94,35 @@ async def _write(conn: psycopg.AsyncConnection, registry: Registry, writes: list
         await cur.execute(_LOCK, ([t for t, _ in wanted], [i for _, i in wanted]))
         current = {(row[0], row[1]): row for row in await cur.fetchall()}
     rows: list[_Row] = []
+    results: dict[tuple[str, str], WriteResult] = {}
     # the per-resource path runs creates before updates; txids follow that order
     for write in sorted(writes, key=lambda w: w.method != "POST"):
-        found = current.get((write.res_type, write.res_id)) if write.method != "POST" else None
-        if found is not None and found[4] is not None and _same(found[4], stamp(
-                write.resource, res_id=write.res_id, version=found[2], last_updated=found[3])):
-            continue   # identical content: no new version
+        key = (write.res_type, write.res_id)
+        found = current.get(key) if write.method != "POST" else None
+        if skip_unchanged and found is not None and found[4] is not None:
+            kept = stamp(write.resource, res_id=write.res_id, version=found[2], last_updated=found[3])
+            if _same(found[4], kept):
+                stored = Version(write.res_type, write.res_id, found[2], found[3], found[5], found[4])
+                results[key] = WriteResult(stored, created=False, changed=False)
+                continue   # identical content: no new version
         version = found[2] + 1 if found is not None else 1
         now = _now()
         body = stamp(write.resource, res_id=write.res_id, version=version, last_updated=now)
         rows.append(_Row(write.res_type, write.res_id, version, now, write.method, dumps(body), body,
-                         found is not None))
-    if not rows:
-        return 0
-    await cur.execute("SELECT nextval('resource_txid_seq') FROM generate_series(1, %s)", (len(rows),))
-    txids = [row[0] for row in await cur.fetchall()]
+                         found is not None, found is None or found[4] is None))
+    if rows:
+        await cur.execute("SELECT nextval('resource_txid_seq') FROM generate_series(1, %s)", (len(rows),))
+        txids = [row[0] for row in await cur.fetchall()]
+        for txid, r in zip(txids, rows, strict=True):
+            results[(r.res_type, r.res_id)] = WriteResult(
+                Version(r.res_type, r.res_id, r.version, r.last_updated, txid, r.resource, r.method), created=r.created)
+        await _store(cur, registry, rows, txids, local_base)
+    return [results[(w.res_type, w.res_id)] for w in writes]
+
+
+async def _store(cur: psycopg.AsyncCursor[tuple[Any, ...]], registry: Registry, rows: list[_Row], txids: list[int],
+                 local_base: str | None) -> None:
+    """COPY the new versions, their current rows and index rows; replace current rows that existed."""
     ordered = sorted(zip(txids, rows, strict=True), key=lambda pair: (pair[1].res_type, pair[1].res_id))
     async with cur.copy(_HISTORY) as copy:
         await copy.write(b"".join(
@@ -149,7 +165,6 @@ async def _write(conn: psycopg.AsyncConnection, registry: Registry, writes: list
     for table, data in lines.items():
         async with cur.copy(_COPY_INDEX[table]) as copy:
             await copy.write(("\n".join(data) + "\n").encode())
-    return len(rows)
 
 
 _NULL = b"\\N"
