@@ -22,7 +22,7 @@ from typing import Any
 
 from fhirserver.progress import ProgressLine
 from fhirserver.security.scopes import Access
-from resources.jsonio import dumps, loads
+from resources.jsonio import loads
 from resources.outcome import FHIRError
 from resources.validate import validate_resource
 
@@ -157,8 +157,8 @@ async def _load_files(database_url: str, paths: list[Path], events: Any) -> None
             report = FileReport(str(path))
             for label, bundle, count, validated in units(path, report):
                 request = Request("POST", "", headers={"content-type": "application/fhir+json",
-                                                       "prefer": "return=minimal"}, body=dumps(bundle),
-                                  skip_unchanged=True, validated=validated)
+                                                       "prefer": "return=minimal"},
+                                  parsed=bundle, skip_unchanged=True, validated=validated)
                 try:
                     response = await process(ctx, request)
                     failed = [e for e in response.resource.get("entry", [])

@@ -55,7 +55,7 @@ class Entry:
 async def process(ctx: Context, request: Request) -> Response:
     """POST [base]: a batch or transaction Bundle."""
     neg.check_body_type(request)
-    bundle = parse_body(request.body, ctx.max_json_depth)
+    bundle = request.parsed if isinstance(request.parsed, dict) else parse_body(request.body, ctx.max_json_depth)
     if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
         raise BadRequest("POST [base] takes a Bundle of type batch or transaction", expression="resourceType")
     kind = bundle.get("type")
