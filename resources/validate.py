@@ -138,6 +138,19 @@ def _tables() -> dict[str, _Complex]:
     return _compile(effective_schema()["definitions"])
 
 
+def is_array_element(res_type: str, path: list[str], name: str) -> bool | None:
+    """Does element `name` repeat, inside the element reached from a `res_type` resource by the keys `path`
+    (list positions left out)? None when the schema does not say (unknown names, contained resources)."""
+    complex_type: _Complex | None = _tables().get(res_type)
+    for key in path:
+        element = complex_type.elements.get(key) if complex_type else None
+        if element is None or element.kind != _COMPLEX:
+            return None
+        complex_type = element.target
+    element = complex_type.elements.get(name) if complex_type else None
+    return element.array if element else None
+
+
 def warm_up() -> None:
     """Compile the tables now (about 0.1 s) rather than on the first validation."""
     _tables()

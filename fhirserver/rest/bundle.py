@@ -114,6 +114,8 @@ def _request(entry: Entry, outer: Request, validated: bool = False) -> Request:
             parsed = entry.resource          # no need to write it out and parse it again
         else:
             body = dumps(entry.resource)
+            if entry.method == "PATCH" and entry.resource.get("resourceType") == "Parameters":
+                headers["content-type"] = neg.FHIR_JSON   # a FHIRPath Patch
     return Request(method=entry.method, path=entry.path, query=tuple(parse_qsl(entry.query, keep_blank_values=True)),
                    headers=headers, body=body, parsed=parsed, assigned_id=entry.assigned_id,
                    skip_unchanged=outer.skip_unchanged,

@@ -17,6 +17,7 @@ from resources.meta import check_id
 from resources.outcome import BadRequest, Gone, NotFound, information
 from resources.patch import apply_json_patch
 from resources.validate import validate_resource
+from search.fhirpatch import apply_fhirpath_patch
 
 
 def _version_headers(ctx: Context, version: Version) -> dict[str, str]:
@@ -142,14 +143,14 @@ async def conditional_update(ctx: Context, request: Request, res_type: str) -> R
 async def patch(ctx: Context, request: Request, res_type: str, res_id: str) -> Response:
     check_id(res_id)
     access.require(ctx, res_type, "u")
-    kind = neg.check_body_type(request, (neg.JSON_PATCH,))
-    assert kind == neg.JSON_PATCH
+    kind = neg.check_body_type(request, (neg.JSON_PATCH, neg.FHIR_JSON, "application/json"))
     operations = parse_body(request.body, ctx.max_json_depth)
+    apply = apply_json_patch if kind == neg.JSON_PATCH else apply_fhirpath_patch   # FHIR JSON: a Parameters
 
     def build(current: dict[str, Any] | None) -> dict[str, Any]:
         assert current is not None
         access.check_content(ctx, current, "u")
-        patched = apply_json_patch(current, operations)
+        patched = apply(current, operations)
         if not isinstance(patched, dict) or patched.get("resourceType") != res_type or patched.get("id") != res_id:
             raise BadRequest("A patch may not change the resourceType or id", expression="id")
         validate_resource(patched)
