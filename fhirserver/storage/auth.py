@@ -32,6 +32,9 @@ class SigningKey:
     valid_until: datetime | None
 
 
+_CLIENT_COLUMNS = "client_id, name, kind, secret_hash, redirect_uris, scope, jwks, jwks_url, launch_url, created"
+
+
 @dataclass(frozen=True)
 class Client:
     client_id: str
@@ -145,11 +148,13 @@ class AuthStore:
              Jsonb(client.jwks) if client.jwks is not None else None, client.jwks_url, client.launch_url))
 
     async def client(self, client_id: str) -> Client | None:
-        row = await self._row("SELECT * FROM auth_client WHERE client_id = %s", (client_id,))
+        row = await self._row(f"SELECT {_CLIENT_COLUMNS} FROM auth_client WHERE client_id = %s",  # noqa: S608
+                              (client_id,))
         return Client(**row) if row else None
 
     async def clients(self) -> list[Client]:
-        return [Client(**row) for row in await self._rows("SELECT * FROM auth_client ORDER BY created")]
+        return [Client(**row) for row in await self._rows(
+            f"SELECT {_CLIENT_COLUMNS} FROM auth_client ORDER BY created")]  # noqa: S608
 
     async def remove_client(self, client_id: str) -> bool:
         return bool(await self._rows("DELETE FROM auth_client WHERE client_id = %s RETURNING 1", (client_id,)))

@@ -18,6 +18,7 @@ from psycopg.rows import tuple_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+from fhirserver.storage import tenancy
 from fhirserver.storage.errors import RETRYABLE, to_fhir_error
 from fhirserver.storage.indexer import index_ctes
 from fhirserver.storage.parameters import CHANNEL, SearchParameters
@@ -352,7 +353,7 @@ class Repository:
                cur AS (
                    INSERT INTO resource (res_type, res_id, version, last_updated, txid, deleted, body)
                    SELECT %(t)s, %(i)s, %(v)s, %(u)s, h.txid, %(d)s, h.body FROM h
-                   ON CONFLICT (res_type, res_id) DO UPDATE SET version = excluded.version,
+                   ON CONFLICT (res_type, res_id, tenant_id) DO UPDATE SET version = excluded.version,
                        last_updated = excluded.last_updated, txid = excluded.txid,
                        deleted = excluded.deleted, body = excluded.body
                    RETURNING txid)"""
@@ -360,7 +361,7 @@ class Repository:
         row = await cur.fetchone()
         assert row is not None
         if res_type == "SearchParameter":
-            await conn.execute(f"NOTIFY {CHANNEL}")
+            await conn.execute("SELECT pg_notify(%s, current_setting(%s))", (CHANNEL, tenancy.SETTING))
         return Version(res_type, res_id, version, now, row[0], body, method)
 
     async def find_ids(self, res_type: str, criteria: SearchQuery) -> list[str]:
