@@ -233,11 +233,11 @@ def cmd_reindex(settings: Settings, types: list[str] | None, check: bool) -> int
             parameters = SearchParameters(standard_registry())
             await parameters.reload(pool)
             report = await reindex(pool, parameters.current, types, progress=ProgressLine("reindex"),
-                                   local_base=settings.base_url)
+                                   local_base=settings.tenant_base_url)
             resumed = " (resumed an interrupted job)" if report.resumed else ""
             print(f"reindexed {report.resources:,} resources in {report.seconds:.1f}s{resumed}")
             if check:
-                wrong = await verify(pool, parameters.current, types, local_base=settings.base_url)
+                wrong = await verify(pool, parameters.current, types, local_base=settings.tenant_base_url)
                 if wrong:
                     print(f"verify: {len(wrong)} resources differ from a fresh extraction, e.g. {wrong[:5]}")
                     return 1

@@ -294,3 +294,46 @@ def test_bulk_export_per_tenant(http: httpx.Client) -> None:
         assert all(f"owner-{tenant}" in json.dumps(r) for r in exported if r["resourceType"] == "Patient")
         assert http.get(status.replace(f"/t/{tenant}/", f"/t/{other}/")).status_code == 404
         assert http.delete(status.replace(f"/t/{tenant}/", f"/t/{other}/")).status_code == 404
+
+
+def test_custom_search_parameters_are_per_tenant(http: httpx.Client) -> None:
+    code = "color"
+    parameter = {"resourceType": "SearchParameter", "url": "http://example.org/SearchParameter/color",
+                 "name": code, "status": "active", "description": "favourite colour", "code": code,
+                 "base": ["Patient"], "type": "string",
+                 "expression": "Patient.extension('http://example.org/favorite-color').value"}
+    assert http.post(f"{base('a')}/SearchParameter", json=parameter).status_code == 201
+    for tenant in TENANTS:
+        http.put(f"{base(tenant)}/Patient/colorful", json=marked({
+            "resourceType": "Patient", "id": "colorful",
+            "extension": [{"url": "http://example.org/favorite-color", "valueString": "Blue"}]}, tenant))
+    strict = {"Prefer": "handling=strict"}
+    found = http.get(f"{base('a')}/Patient", params={code: "blue"}, headers=strict)
+    assert found.status_code == 200 and [e["resource"]["id"] for e in found.json()["entry"]] == ["colorful"]
+    assert http.get(f"{base('b')}/Patient", params={code: "blue"}, headers=strict).status_code == 400
+    assert http.get("/fhir/Patient", params={code: "blue"}, headers=strict).status_code == 400
+
+
+def test_a_host_name_reaches_its_tenant(http: httpx.Client, tenant_db: str) -> None:
+    done = cli("tenants", "add", "c", "--hostname", "c.example", database_url=tenant_db)
+    assert done.returncode == 0, done.stderr
+    created = http.post("/t/c/fhir/Patient", json=marked({"resourceType": "Patient"}, "c"))
+    assert created.status_code == 201
+    port = http.base_url.port
+    read = http.get(f"/fhir/Patient/{created.json()['id']}", headers={"Host": f"c.example:{port}"})
+    assert read.status_code == 200 and read.json()["id"] == created.json()["id"]
+    assert read.json()["meta"]["versionId"] == "1"
+    listed = http.get("/fhir/Patient", params={"_id": created.json()["id"]}, headers={"Host": f"C.example:{port}"})
+    assert listed.json()["entry"][0]["fullUrl"] == f"http://C.example:{port}/fhir/Patient/{created.json()['id']}"
+    assert http.get(f"/fhir/Patient/{created.json()['id']}").status_code == 404   # the default tenant
+
+
+def test_absolute_references_to_the_tenant_base_are_local(http: httpx.Client, tenant_server: LiveServer) -> None:
+    root = tenant_server.base_url.removesuffix("/fhir")
+    http.put(f"{base('a')}/Patient/abs", json=marked({"resourceType": "Patient", "id": "abs",
+                                                      "name": [{"family": "Absolute"}]}, "a"))
+    http.put(f"{base('a')}/Observation/abs", json=marked({
+        "resourceType": "Observation", "id": "abs", "status": "final", "code": {"text": "x"},
+        "subject": {"reference": f"{root}/t/a/fhir/Patient/abs"}}, "a"))
+    found = http.get(f"{base('a')}/Observation", params={"subject.family": "Absolute"}).json()
+    assert [e["resource"]["id"] for e in found.get("entry", [])] == ["abs"]

@@ -42,6 +42,14 @@ def request_base_url(request: Request, settings: Settings) -> str:
     return f"{request.url.scheme}://{host}{request.scope.get(TENANT_PREFIX, '')}{settings.base_path}"
 
 
+def local_base_url(request: Request, settings: Settings) -> str:
+    """The base under which absolute references are this tenant's own: its configured base URL, or for a tenant
+    reached by its host name, that host's."""
+    if request.scope.get(TENANT_BY_HOST):
+        return request_base_url(request, settings)
+    return configured_base_url(request, settings)
+
+
 def accepted_bases(request: Request, settings: Settings) -> set[str]:
     """The base URLs a token audience may name: the one this request came in under and the configured one (of
     this tenant; a tenant reached by its own host name has only that one)."""

@@ -16,6 +16,9 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+from fhirserver.storage import tenancy
+from fhirserver.storage.tenants import all_tenants
+
 log = logging.getLogger("fhirserver.auth")
 CHANNEL = "fhir_auth"
 _KEY_LOCK = 0x46484B59  # advisory lock: one process creates the first signing key
@@ -317,12 +320,13 @@ class AuthStore:
     # ------------------------------------------------------------------ housekeeping and the patient picker
 
     async def purge_expired(self) -> None:
-        """Drop rows nobody can use any more (any process may run this; it is idempotent)."""
-        async with self.pool.connection() as conn:
-            for table, column in (("auth_request", "expires_at"), ("auth_launch", "expires_at"),
-                                  ("auth_code", "expires_at"), ("auth_refresh_token", "expires_at"),
-                                  ("auth_revoked_token", "expires_at"), ("auth_assertion_jti", "expires_at")):
-                await conn.execute(f"DELETE FROM {table} WHERE {column} < now() - interval '1 hour'")
+        """Drop rows nobody can use any more, in every tenant (any process may run this; it is idempotent)."""
+        for tenant in await all_tenants(self.pool):
+            with tenancy.use(tenant.name):
+                async with self.pool.connection() as conn:
+                    for table in ("auth_request", "auth_launch", "auth_code", "auth_refresh_token",
+                                  "auth_revoked_token", "auth_assertion_jti"):
+                        await conn.execute(f"DELETE FROM {table} WHERE expires_at < now() - interval '1 hour'")
 
     async def find_patients(self, text: str, limit: int = 50) -> list[tuple[str, str]]:
         """(id, display name) of Patients whose id or name contains `text` (all when empty)."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -90,6 +91,14 @@ class Repository:
         self.pool = pool
         self.parameters = parameters
         self.local_base = local_base   # absolute references under this base index as local ones
+
+    def with_local_base(self, local_base: str | None) -> Repository:
+        """The same repository, indexing absolute references under `local_base` (a tenant's base) as local."""
+        if local_base == self.local_base:
+            return self
+        bound = copy.copy(self)
+        bound.local_base = local_base
+        return bound
 
     async def _after_write(self, res_type: str) -> None:
         if res_type == "SearchParameter":   # new or changed custom search parameters apply at once here

@@ -27,9 +27,10 @@ class TenantDirectory:
     """The tenants known to this process, re-read (at most once a second) when asked for one it does not know,
     so tenants added while the server runs are reachable at once."""
 
-    def __init__(self, pool: AsyncConnectionPool, refresh_seconds: float = 1.0) -> None:
+    def __init__(self, pool: AsyncConnectionPool, refresh_seconds: float = 1.0, host_seconds: float = 10.0) -> None:
         self.pool = pool
         self.refresh_seconds = refresh_seconds
+        self.host_seconds = host_seconds
         self._names: set[str] = set()
         self._hosts: dict[str, str] = {}
         self._read_at = float("-inf")
@@ -48,9 +49,9 @@ class TenantDirectory:
         return name in self._names
 
     async def by_host(self, host: str) -> str | None:
-        """The tenant a host name is assigned to (None: none is)."""
+        """The tenant a host name is assigned to (None: none is); assignments are re-read every `host_seconds`."""
         host = host.lower().rsplit(":", 1)[0] if not host.endswith("]") else host.lower()
-        if not self._hosts and self._read_at == float("-inf"):
+        if time.monotonic() - self._read_at >= self.host_seconds:
             await self._refresh()
         return self._hosts.get(host)
 
