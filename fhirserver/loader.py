@@ -173,8 +173,12 @@ async def _load_files(database_url: str, paths: list[Path], events: Any) -> None
         await pool.close()
 
 
-def _worker(database_url: str, paths: list[str], events: Any) -> None:
-    asyncio.run(_load_files(database_url, [Path(p) for p in paths], events))
+def _worker(database_url: str, paths: list[str], events: Any, tenant: str) -> None:
+    from fhirserver.storage import tenancy
+
+    with tenancy.use(tenant):
+        asyncio.run(_load_files(database_url, [Path(p) for p in paths], events))
+
 
 
 @dataclass
@@ -186,7 +190,10 @@ class Summary:
 
 
 def load(database_url: str, paths: list[str], *, workers: int | None = None) -> Summary:
-    """Load everything under `paths` with `workers` processes (default: the number of cores)."""
+    """Load everything under `paths` with `workers` processes (default: the number of cores), into the current
+    tenant."""
+    from fhirserver.storage import tenancy
+
     files = find_files(paths)
     workers = max(1, min(workers or os.cpu_count() or 1, len(files) or 1))
     total_bytes = sum(f.stat().st_size for f in files)
@@ -195,7 +202,8 @@ def load(database_url: str, paths: list[str], *, workers: int | None = None) -> 
         shares[i % workers].append(str(f))
     context = multiprocessing.get_context("spawn")
     events = context.Queue()
-    processes = [context.Process(target=_worker, args=(database_url, share, events), daemon=True)
+    processes = [context.Process(target=_worker, args=(database_url, share, events, tenancy.current()),
+                                 daemon=True)
                  for share in shares if share]
     for process in processes:
         process.start()

@@ -25,6 +25,10 @@ class Settings:
     base_path: str = "/fhir"
     public_base_url: str | None = None       # e.g. https://fhir.example.org/fhir behind a proxy
     database_url: str | None = None          # None: run the embedded PostgreSQL in data_dir
+    # the server's own connections: a role subject to row-level security (None: the CLI derives it, see
+    # storage/roles.py); `database_url` (the owner) only runs migrations and administers tenants
+    app_database_url: str | None = None
+    tenant: str = "default"                  # the tenant that commands other than `serve` act in
     data_dir: Path = field(default_factory=default_data_dir)
     workers: int = 1
     pool_min: int = 2
@@ -71,6 +75,19 @@ class Settings:
         return f"http://{self.host}:{self.port}{self.base_path}"
 
     @property
+    def tenant_base_url(self) -> str:
+        """The base URL of `tenant`: [server]/t/{tenant}/fhir (the default tenant's is the base URL)."""
+        if self.tenant == "default":
+            return self.base_url
+        root = self.base_url[: -len(self.base_path)] if self.base_url.endswith(self.base_path) else self.base_url
+        return f"{root}/t/{self.tenant}{self.base_path}"
+
+    @property
+    def server_database_url(self) -> str | None:
+        """What the server's pools connect with."""
+        return self.app_database_url or self.database_url
+
+    @property
     def is_loopback(self) -> bool:
         return self.host in ("127.0.0.1", "::1", "localhost") or self.host.startswith("127.")
 
@@ -108,7 +125,7 @@ def from_environment(env: dict[str, str] | None = None) -> Settings:
         return env.get(ENV_PREFIX + name) or None
 
     values: dict[str, object] = {}
-    for name, convert in (("HOST", str), ("PORT", int), ("BASE_PATH", str), ("PUBLIC_BASE_URL", str),
+    for name, convert in (("HOST", str), ("PORT", int), ("BASE_PATH", str), ("TENANT", str), ("PUBLIC_BASE_URL", str),
                           ("WORKERS", int), ("POOL_MIN", int), ("POOL_MAX", int),
                           ("POOL_WAIT_SECONDS", float), ("MAX_BODY_BYTES", int),
                           ("STATEMENT_TIMEOUT_MS", int), ("RATE_LIMIT_PER_MINUTE", int), ("CORS_ORIGINS", str),
@@ -128,6 +145,8 @@ def from_environment(env: dict[str, str] | None = None) -> Settings:
                 values[name.lower()] = convert(raw)
             except ValueError as exc:
                 raise SystemExit(f"error: {ENV_PREFIX}{name}={raw!r} is not a valid value ({exc})") from exc
+    if get("APP_DATABASE_URL"):
+        values["app_database_url"] = get("APP_DATABASE_URL")
     for name in ("DATA_DIR", "EXPORT_DIR"):
         if get(name):
             values[name.lower()] = Path(str(get(name))).expanduser()

@@ -53,6 +53,7 @@ async def _load(url: str, paths: list[Path], bulk: bool) -> None:
     from fhirserver.rest.context import Context
     from fhirserver.rest.http import Request
     from fhirserver.security.scopes import Access
+    from fhirserver.storage import tenancy
     from fhirserver.storage.bulk_write import write_bulk
     from fhirserver.storage.database import open_pool
     from fhirserver.storage.parameters import SearchParameters
@@ -60,6 +61,7 @@ async def _load(url: str, paths: list[Path], bulk: bool) -> None:
     from fhirserver.storage.searching import SearchStore
     from search.registry import standard_registry
 
+    tenancy.enter(tenancy.DEFAULT)   # a task that chose no tenant sees nothing
     pool = await open_pool(url, min_size=1, max_size=2)
     try:
         parameters = SearchParameters(standard_registry())
@@ -146,12 +148,14 @@ async def _respond(url: str, bundle: dict[str, Any], entry_by_entry: bool, prefe
     from fhirserver.rest.context import Context
     from fhirserver.rest.http import Request
     from fhirserver.security.scopes import Access
+    from fhirserver.storage import tenancy
     from fhirserver.storage.database import open_pool
     from fhirserver.storage.parameters import SearchParameters
     from fhirserver.storage.repository import Repository
     from fhirserver.storage.searching import SearchStore
     from search.registry import standard_registry
 
+    tenancy.enter(tenancy.DEFAULT)
     pool = await open_pool(url, min_size=1, max_size=2)
     try:
         parameters = SearchParameters(standard_registry())

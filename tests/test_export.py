@@ -338,12 +338,14 @@ def _instant(text: str) -> datetime:
 def _late_writer(database_url: str, written: threading.Event, release: threading.Event, result: dict[str, Any],
                  resource: dict[str, Any]) -> None:
     """Write a version whose lastUpdated is taken now, but commit it only when `release` is set."""
+    from fhirserver.storage import tenancy
     from fhirserver.storage.database import open_pool
     from fhirserver.storage.parameters import SearchParameters
     from fhirserver.storage.repository import Repository
     from search.registry import standard_registry
 
     async def main() -> None:
+        tenancy.enter(tenancy.DEFAULT)   # a task that chose no tenant sees nothing
         pool = await open_pool(database_url, min_size=1, max_size=1)
         try:
             repository = Repository(pool, SearchParameters(standard_registry()))

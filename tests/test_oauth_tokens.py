@@ -20,6 +20,7 @@ from joserfc.jwk import RSAKey
 from fhirserver.oauth.errors import InvalidToken, UnknownKey
 from fhirserver.oauth.tokens import TokenVerifier, issue_access_token
 from fhirserver.security.jose import new_signing_key, unverified_header
+from fhirserver.storage import tenancy
 from fhirserver.storage.auth import AuthStore
 from fhirserver.storage.database import open_pool
 from tests.test_oauth_support import AuthServer, serve_auth
@@ -33,6 +34,7 @@ def auth(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 def with_verifier(auth: AuthServer, scenario: Callable[[TokenVerifier], Awaitable[None]], *,
                   listen: bool = True) -> None:
     async def run() -> None:
+        tenancy.enter(tenancy.DEFAULT)   # a task that chose no tenant sees nothing
         pool = await open_pool(auth.database_url, min_size=1, max_size=2)
         verifier = TokenVerifier(AuthStore(pool), auth.database_url)
         try:

@@ -31,8 +31,8 @@ from search.registry import standard_registry
 
 
 def run_export(settings: Settings, out_dir: Path, query: list[tuple[str, str]], *, workers: int, gzip: bool) -> int:
-    assert settings.database_url
-    return asyncio.run(_export(settings, settings.database_url, out_dir, query, workers, gzip))
+    assert settings.server_database_url
+    return asyncio.run(_export(settings, settings.server_database_url, out_dir, query, workers, gzip))
 
 
 async def _export(settings: Settings, database_url: str, out_dir: Path, query: list[tuple[str, str]], workers: int,
@@ -45,7 +45,7 @@ async def _export(settings: Settings, database_url: str, out_dir: Path, query: l
         await parameters.reload(pool)
         try:
             request = parse_kickoff("system", method="GET", query=query, body=b"", lenient=False,
-                                    registry=parameters.current, base_url=settings.base_url)
+                                    registry=parameters.current, base_url=settings.tenant_base_url)
         except FHIRError as exc:
             print(f"error: {exc.diagnostics}", file=sys.stderr)
             return 2
@@ -54,7 +54,7 @@ async def _export(settings: Settings, database_url: str, out_dir: Path, query: l
         out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         started = await kickoff.start(store, request, owner="cli", config=config, queue=queue, directory=out_dir,
                                       request_url="fhirserver export " + " ".join(f"{k}={v}" for k, v in query),
-                                      base_url=settings.base_url)
+                                      base_url=settings.tenant_base_url)
         job_id = started.job_id
         worker = asyncio.create_task(Worker(store, config, lambda: parameters.current, queue=queue)
                                      .run(workers, housekeeping=False))
@@ -98,9 +98,9 @@ async def _export(settings: Settings, database_url: str, out_dir: Path, query: l
 
 
 def run_worker(settings: Settings, concurrency: int) -> int:
-    assert settings.database_url
+    assert settings.server_database_url
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_work(settings, settings.database_url, concurrency))
+        asyncio.run(_work(settings, settings.server_database_url, concurrency))
     return 0
 
 

@@ -23,7 +23,9 @@ from fhirserver.bulk.config import ExportConfig
 from fhirserver.bulk.ndjson import BATCH_BYTES, CopyLines, NdjsonWriter
 from fhirserver.bulk.planner import plan
 from fhirserver.bulk.selection import deleted_bundles, element_transform, output_selection, since_time
+from fhirserver.storage import tenancy
 from fhirserver.storage.export import Claim, ExportStore, deleted_statement, output_statement
+from fhirserver.storage.tenants import all_tenants
 from search.registry import Registry
 
 log = logging.getLogger("fhirserver.export")
@@ -35,6 +37,7 @@ class Worker:
         self.store, self.config, self.registry = store, config, registry
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.queue = queue or config.queue
+        self._turn = 0
 
     async def run(self, lanes: int | None = None, housekeeping: bool = True) -> None:
         """Work until cancelled: `lanes` parts at a time, plus the periodic sweep of expired files."""
@@ -65,15 +68,31 @@ class Worker:
         interval = min(60.0, max(1.0, self.config.expiry_seconds / 4))
         while True:
             try:
-                await files.sweep(self.store, self.config)
+                for tenant in await self._tenants():
+                    with tenancy.use(tenant):
+                        await files.sweep(self.store, self.config)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("export file sweep failed")
             await asyncio.sleep(interval)
 
+    async def _tenants(self) -> list[str]:
+        """Every tenant, starting with a different one each time (a busy tenant does not starve the others)."""
+        names = [t.name for t in await all_tenants(self.store.pool)]
+        self._turn = (self._turn + 1) % max(1, len(names))
+        return names[self._turn:] + names[: self._turn]
+
     async def step(self, worker: str) -> bool:
-        """Plan one accepted job or process one part; False when there was nothing to do."""
+        """Plan one accepted job or process one part, of some tenant; False when there was nothing to do."""
+        for tenant in await self._tenants():
+            with tenancy.use(tenant):
+                if await self._step(worker):
+                    return True
+        return False
+
+    async def _step(self, worker: str) -> bool:
+        """Plan one accepted job or process one part of the current tenant; False when there was nothing to do."""
         failed: tuple[str, str] | None = None
         async with self.store.plan_next(self.queue) as planning:
             if planning is not None:

@@ -59,8 +59,8 @@ async def authorize(server: AuthServer, request: Request) -> Response:
         "redirect_uri": redirect_uri, "state": state, "code_challenge": challenge, "nonce": params.one("nonce"),
         "aud": aud, "scopes": scopes, "launch": launch_ctx}, REQUEST_LIFETIME)
     username = (launch_ctx or {}).get("username") or ""
-    response = pages.login_page(f"{server.auth_path}/login", flow_id, client.name, username=username)
-    response.set_cookie(COOKIE, browser, max_age=int(REQUEST_LIFETIME.total_seconds()), path=server.auth_path,
+    response = pages.login_page(f"{server.auth_path(request)}/login", flow_id, client.name, username=username)
+    response.set_cookie(COOKIE, browser, max_age=int(REQUEST_LIFETIME.total_seconds()), path=server.auth_path(request),
                         httponly=True, samesite="lax", secure=request.url.scheme == "https")
     return response
 
@@ -100,7 +100,7 @@ async def login(server: AuthServer, request: Request) -> Response:
     if result.locked_minutes:
         return pages.locked_page(result.locked_minutes)
     if result.user is None:
-        return pages.login_page(f"{server.auth_path}/login", flow_id, client.name, username=username,
+        return pages.login_page(f"{server.auth_path(request)}/login", flow_id, client.name, username=username,
                                 error=result.error)
     user = result.user
     launch = pending.params.get("launch") or {}
@@ -114,13 +114,13 @@ async def login(server: AuthServer, request: Request) -> Response:
         patient = own
     await server.store.update_request(opaque.digest(flow_id), username=user.username, patient=patient)
     if patient is None and "launch/patient" in pending.params["scopes"]:
-        return await _picker(server, flow_id, "")
-    return _consent(server, flow_id, client, user.username, patient, pending.params)
+        return await _picker(server, request, flow_id, "")
+    return _consent(server, request, flow_id, client, user.username, patient, pending.params)
 
 
-async def _picker(server: AuthServer, flow_id: str, query: str) -> Response:
+async def _picker(server: AuthServer, request: Request, flow_id: str, query: str) -> Response:
     patients = await server.store.find_patients(query)
-    return pages.patient_page(f"{server.auth_path}/patient", flow_id, patients, query)
+    return pages.patient_page(f"{server.auth_path(request)}/patient", flow_id, patients, query)
 
 
 async def choose_patient(server: AuthServer, request: Request) -> Response:
@@ -130,18 +130,18 @@ async def choose_patient(server: AuthServer, request: Request) -> Response:
         raise PageError("Sign in first.")
     patient = form.one("patient")
     if form.one("search") or not patient:
-        return await _picker(server, flow_id, form.one("q") or "")
+        return await _picker(server, request, flow_id, form.one("q") or "")
     if pending.patient is not None:
         raise PageError("The patient has been chosen already.")
     if not await server.store.patient_exists(patient):
-        return await _picker(server, flow_id, form.one("q") or "")
+        return await _picker(server, request, flow_id, form.one("q") or "")
     await server.store.update_request(opaque.digest(flow_id), patient=patient)
-    return _consent(server, flow_id, client, pending.username, patient, pending.params)
+    return _consent(server, request, flow_id, client, pending.username, patient, pending.params)
 
 
-def _consent(server: AuthServer, flow_id: str, client: Client, username: str, patient: str | None,
+def _consent(server: AuthServer, request: Request, flow_id: str, client: Client, username: str, patient: str | None,
              params: dict[str, Any]) -> Response:
-    return pages.consent_page(f"{server.auth_path}/consent", flow_id, client.name, username, patient,
+    return pages.consent_page(f"{server.auth_path(request)}/consent", flow_id, client.name, username, patient,
                               params["scopes"], origin(params["redirect_uri"]))
 
 
@@ -152,7 +152,7 @@ async def consent(server: AuthServer, request: Request) -> Response:
     if pending.username is None:
         raise PageError("Sign in first.")
     if pending.patient is None and "launch/patient" in params["scopes"] and form.one("deny") is None:
-        return await _picker(server, flow_id, "")
+        return await _picker(server, request, flow_id, "")
     if not await server.store.finish_request(opaque.digest(flow_id)):
         raise PageError("This authorization has been completed already.")
     redirect_uri, state = params["redirect_uri"], params.get("state")
@@ -173,7 +173,7 @@ async def consent(server: AuthServer, request: Request) -> Response:
     await server.store.add_code(opaque.digest(code), client.client_id, redirect_uri, params["code_challenge"], grant,
                                 CODE_LIFETIME)
     response = RedirectResponse(with_query(redirect_uri, {"code": code, "state": state}), status_code=303)
-    response.delete_cookie(COOKIE, path=server.auth_path)
+    response.delete_cookie(COOKIE, path=server.auth_path(request))
     return response
 
 

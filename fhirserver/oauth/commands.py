@@ -20,7 +20,6 @@ from fhirserver.security.totp import provisioning_uri
 from fhirserver.settings import Settings
 from fhirserver.storage.auth import AuthStore
 from fhirserver.storage.database import open_pool
-from fhirserver.storage.migrate import migrate
 
 COMMANDS = ("token", "clients", "users", "launch", "keys")
 OPERATOR = "operator"
@@ -88,8 +87,6 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> Non
 
 def run(args: argparse.Namespace, settings: Settings, database: Database) -> int:
     with database(settings) as resolved:
-        assert resolved.database_url
-        migrate(resolved.database_url)
         password = _password(args) if args.command == "users" and args.action == "add" else None
         try:
             return asyncio.run(_run(args, resolved, password))
@@ -108,8 +105,8 @@ def _password(args: argparse.Namespace) -> str:
 
 
 async def _run(args: argparse.Namespace, settings: Settings, password: str | None) -> int:
-    assert settings.database_url
-    pool = await open_pool(settings.database_url, min_size=1, max_size=2)
+    assert settings.server_database_url
+    pool = await open_pool(settings.server_database_url, min_size=1, max_size=2)
     store = AuthStore(pool)
     try:
         handler = HANDLERS[args.command if args.command in ("token", "launch") else f"{args.command} {args.action}"]
@@ -122,7 +119,8 @@ async def _token(args: argparse.Namespace, settings: Settings, store: AuthStore,
     keys = KeyRing(store)
     await keys.load()
     lifetime = args.lifetime or settings.access_token_seconds
-    token, claims = issue_access_token(keys, issuer=settings.base_url, audience=settings.base_url, subject=OPERATOR,
+    base = settings.tenant_base_url   # a token is good at one tenant's base only
+    token, claims = issue_access_token(keys, issuer=base, audience=base, subject=OPERATOR,
                                        client_id="fhirserver-cli", scope=" ".join(args.scope.split()),
                                        lifetime=lifetime, context={"role": "admin", "patient": args.patient})
     await store.extend_key(keys.signing_key().kid, expiry(claims))   # verifiable until it expires, even if rotated
@@ -193,11 +191,11 @@ async def _users_unlock(args: argparse.Namespace, settings: Settings, store: Aut
 
 async def _launch(args: argparse.Namespace, settings: Settings, store: AuthStore, _: str | None) -> int:
     launch_id, client = await management.create_launch(store, args.client, args.patient, args.encounter, args.user)
-    url = management.launch_url(client, launch_id, settings.base_url)
+    url = management.launch_url(client, launch_id, settings.tenant_base_url)
     if url:
         print(url)
     print(f"launch: {launch_id}", file=sys.stderr if url else sys.stdout)
-    print(f"iss: {settings.base_url}", file=sys.stderr if url else sys.stdout)
+    print(f"iss: {settings.tenant_base_url}", file=sys.stderr if url else sys.stdout)
     return 0
 
 

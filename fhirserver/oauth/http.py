@@ -17,19 +17,45 @@ MAX_FORM_BYTES = 64 * 1024
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
+# Set by the tenant routing of the web layer: "/t/{tenant}" for a request under that path, "" otherwise; and
+# whether the tenant was chosen by the request's host name.
+TENANT_PREFIX = "fhirserver.tenant_prefix"
+TENANT_BY_HOST = "fhirserver.tenant_by_host"
+
+
+def configured_base_url(request: Request, settings: Settings) -> str:
+    """The configured base URL, for the tenant of this request: [server]/t/{tenant}/fhir."""
+    prefix = request.scope.get(TENANT_PREFIX, "")
+    base = settings.base_url
+    if prefix and base.endswith(settings.base_path):
+        return base[: -len(settings.base_path)] + prefix + settings.base_path
+    return base + prefix
+
+
 def request_base_url(request: Request, settings: Settings) -> str:
     """The FHIR base URL as the client sees it: the configured public one, else from the Host header."""
     if settings.public_base_url:
-        return settings.base_url
+        return configured_base_url(request, settings)
     host = request.headers.get("host", "")
     if not _HOST.fullmatch(host):
-        return settings.base_url
-    return f"{request.url.scheme}://{host}{settings.base_path}"
+        return configured_base_url(request, settings)
+    return f"{request.url.scheme}://{host}{request.scope.get(TENANT_PREFIX, '')}{settings.base_path}"
+
+
+def local_base_url(request: Request, settings: Settings) -> str:
+    """The base under which absolute references are this tenant's own: its configured base URL, or for a tenant
+    reached by its host name, that host's."""
+    if request.scope.get(TENANT_BY_HOST):
+        return request_base_url(request, settings)
+    return configured_base_url(request, settings)
 
 
 def accepted_bases(request: Request, settings: Settings) -> set[str]:
-    """The base URLs a token audience may name: the one this request came in under and the configured one."""
-    return {request_base_url(request, settings), settings.base_url}
+    """The base URLs a token audience may name: the one this request came in under and the configured one (of
+    this tenant; a tenant reached by its own host name has only that one)."""
+    if request.scope.get(TENANT_BY_HOST):
+        return {request_base_url(request, settings)}
+    return {request_base_url(request, settings), configured_base_url(request, settings)}
 
 
 class Params:

@@ -20,7 +20,7 @@ SESSION_SECONDS = 600
 
 
 async def manage(server: AuthServer, request: Request) -> Response:
-    action = f"{server.auth_path}/manage"
+    action = f"{server.auth_path(request)}/manage"
     if request.method == "GET":
         return _login(action)
     form = await form_params(request)

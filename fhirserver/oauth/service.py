@@ -3,7 +3,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from starlette.requests import Request
+
 from fhirserver.oauth.clientauth import JwksCache
+from fhirserver.oauth.http import TENANT_PREFIX
 from fhirserver.oauth.tokens import TokenVerifier
 from fhirserver.settings import Settings
 from fhirserver.storage.auth import AuthStore
@@ -16,6 +19,6 @@ class AuthServer:
     verifier: TokenVerifier
     jwks: JwksCache = field(default_factory=JwksCache)   # clients' keys fetched from their jwks_url
 
-    @property
-    def auth_path(self) -> str:
-        return self.settings.base_path + "/auth"
+    def auth_path(self, request: Request) -> str:
+        """Where the authorization server's pages post to: under the FHIR base of the request's tenant."""
+        return request.scope.get(TENANT_PREFIX, "") + self.settings.base_path + "/auth"

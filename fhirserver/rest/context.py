@@ -36,6 +36,11 @@ class Context:
         """The same context answering under another base URL (taken from the request's Host)."""
         return self if base_url == self.base_url else replace(self, base_url=base_url)
 
+    def local_to(self, base_url: str) -> Context:
+        """The same context treating absolute references under `base_url` (its tenant's) as local ones."""
+        repository = self.repository.with_local_base(base_url)
+        return self if repository is self.repository else replace(self, repository=repository)
+
     def as_(self, access: Access) -> Context:
         """The same context acting for `access` (set per request by the web adapter)."""
         return replace(self, access=access)

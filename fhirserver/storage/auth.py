@@ -16,6 +16,9 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+from fhirserver.storage import tenancy
+from fhirserver.storage.tenants import all_tenants
+
 log = logging.getLogger("fhirserver.auth")
 CHANNEL = "fhir_auth"
 _KEY_LOCK = 0x46484B59  # advisory lock: one process creates the first signing key
@@ -30,6 +33,9 @@ class SigningKey:
     created: datetime
     retired: datetime | None
     valid_until: datetime | None
+
+
+_CLIENT_COLUMNS = "client_id, name, kind, secret_hash, redirect_uris, scope, jwks, jwks_url, launch_url, created"
 
 
 @dataclass(frozen=True)
@@ -145,11 +151,13 @@ class AuthStore:
              Jsonb(client.jwks) if client.jwks is not None else None, client.jwks_url, client.launch_url))
 
     async def client(self, client_id: str) -> Client | None:
-        row = await self._row("SELECT * FROM auth_client WHERE client_id = %s", (client_id,))
+        row = await self._row(f"SELECT {_CLIENT_COLUMNS} FROM auth_client WHERE client_id = %s",  # noqa: S608
+                              (client_id,))
         return Client(**row) if row else None
 
     async def clients(self) -> list[Client]:
-        return [Client(**row) for row in await self._rows("SELECT * FROM auth_client ORDER BY created")]
+        return [Client(**row) for row in await self._rows(
+            f"SELECT {_CLIENT_COLUMNS} FROM auth_client ORDER BY created")]  # noqa: S608
 
     async def remove_client(self, client_id: str) -> bool:
         return bool(await self._rows("DELETE FROM auth_client WHERE client_id = %s RETURNING 1", (client_id,)))
@@ -312,12 +320,13 @@ class AuthStore:
     # ------------------------------------------------------------------ housekeeping and the patient picker
 
     async def purge_expired(self) -> None:
-        """Drop rows nobody can use any more (any process may run this; it is idempotent)."""
-        async with self.pool.connection() as conn:
-            for table, column in (("auth_request", "expires_at"), ("auth_launch", "expires_at"),
-                                  ("auth_code", "expires_at"), ("auth_refresh_token", "expires_at"),
-                                  ("auth_revoked_token", "expires_at"), ("auth_assertion_jti", "expires_at")):
-                await conn.execute(f"DELETE FROM {table} WHERE {column} < now() - interval '1 hour'")
+        """Drop rows nobody can use any more, in every tenant (any process may run this; it is idempotent)."""
+        for tenant in await all_tenants(self.pool):
+            with tenancy.use(tenant.name):
+                async with self.pool.connection() as conn:
+                    for table in ("auth_request", "auth_launch", "auth_code", "auth_refresh_token",
+                                  "auth_revoked_token", "auth_assertion_jti"):
+                        await conn.execute(f"DELETE FROM {table} WHERE expires_at < now() - interval '1 hour'")
 
     async def find_patients(self, text: str, limit: int = 50) -> list[tuple[str, str]]:
         """(id, display name) of Patients whose id or name contains `text` (all when empty)."""

@@ -39,13 +39,13 @@ class BulkWrite:
 
 _LOCK = ("SELECT res_type, res_id, version, last_updated, body, txid FROM resource WHERE (res_type, res_id) IN"
          " (SELECT * FROM unnest(%s::text[], %s::text[])) ORDER BY res_type, res_id FOR UPDATE")
-_HISTORY = "COPY resource_history (txid, res_type, res_id, version, last_updated, method, body) FROM STDIN"
-_CURRENT = "COPY resource (res_type, res_id, version, last_updated, txid, deleted, body) FROM STDIN"
+_HISTORY = ("resource_history", "txid, res_type, res_id, version, last_updated, method, body")
+_CURRENT = ("resource", "res_type, res_id, version, last_updated, txid, deleted, body")
 _REPLACE = """INSERT INTO resource (res_type, res_id, version, last_updated, txid, deleted, body)
     SELECT res_type, res_id, version, last_updated, txid, false, body FROM resource_history WHERE txid = ANY(%s)
-    ON CONFLICT (res_type, res_id) DO UPDATE SET version = excluded.version, last_updated = excluded.last_updated,
-        txid = excluded.txid, deleted = excluded.deleted, body = excluded.body"""
-_COPY_INDEX = {table: f"COPY {table.name} (res_type, res_id, param, grp, {', '.join(table.columns)}) FROM STDIN"
+    ON CONFLICT (res_type, res_id, tenant_id) DO UPDATE SET version = excluded.version,
+        last_updated = excluded.last_updated, txid = excluded.txid, deleted = excluded.deleted, body = excluded.body"""
+_COPY_INDEX = {table: (table.name, f"res_type, res_id, param, grp, {', '.join(table.columns)}")
                for table in TABLES.values()}
 _DELETE_INDEX = {table: f"DELETE FROM {table.name} WHERE (res_type, res_id) IN"  # noqa: S608
                         " (SELECT * FROM unnest(%s::text[], %s::text[]))" for table in TABLES.values()}
@@ -124,20 +124,18 @@ async def _store(cur: psycopg.AsyncCursor[tuple[Any, ...]], registry: Registry, 
                  local_base: str | None) -> None:
     """COPY the new versions, their current rows and index rows; replace current rows that existed."""
     ordered = sorted(zip(txids, rows, strict=True), key=lambda pair: (pair[1].res_type, pair[1].res_id))
-    async with cur.copy(_HISTORY) as copy:
-        await copy.write(b"".join(
+    await _copy_in(cur, *_HISTORY, b"".join(
             b"%d\t%s\t%s\t%d\t%s\t%s\t%s\n" % (txid, _text(r.res_type), _text(r.res_id), r.version,
                                                format_instant(r.last_updated).encode(), r.method.encode(),
                                                r.body.replace(b"\\", b"\\\\"))
-            for txid, r in ordered))
+        for txid, r in ordered))
     fresh = [(txid, r) for txid, r in ordered if not r.replaces]
     if fresh:
-        async with cur.copy(_CURRENT) as copy:
-            await copy.write(b"".join(
+        await _copy_in(cur, *_CURRENT, b"".join(
                 b"%s\t%s\t%d\t%s\t%d\tf\t%s\n" % (_text(r.res_type), _text(r.res_id), r.version,
                                                   format_instant(r.last_updated).encode(), txid,
                                                   r.body.replace(b"\\", b"\\\\"))
-                for txid, r in fresh))
+            for txid, r in fresh))
     replaced = [(txid, r) for txid, r in ordered if r.replaces]
     if replaced:
         await cur.execute(_REPLACE, ([txid for txid, _ in replaced],))
@@ -163,8 +161,18 @@ async def _store(cur: psycopg.AsyncCursor[tuple[Any, ...]], registry: Registry, 
                     line = "\t".join([_field(v) for v in row])
                 out.append(prefix + line)
     for table, data in lines.items():
-        async with cur.copy(_COPY_INDEX[table]) as copy:
-            await copy.write(("\n".join(data) + "\n").encode())
+        await _copy_in(cur, *_COPY_INDEX[table], ("\n".join(data) + "\n").encode())
+
+
+async def _copy_in(cur: psycopg.AsyncCursor[Any], table: str, columns: str, data: bytes) -> None:
+    """COPY FROM refuses tables under row-level security: copy into a staging table of this session (the same
+    columns, emptied at commit), then insert from it, where the tenant policy checks every row."""
+    stage = f"stage_{table}"
+    await cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {stage} ON COMMIT DELETE ROWS AS"  # noqa: S608
+                      f" SELECT {columns} FROM {table} WITH NO DATA")
+    async with cur.copy(f"COPY {stage} ({columns}) FROM STDIN") as copy:
+        await copy.write(data)
+    await cur.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM {stage}")  # noqa: S608
 
 
 _NULL = b"\\N"

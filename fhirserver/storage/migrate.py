@@ -8,6 +8,8 @@ from importlib import resources as importlib_resources
 
 import psycopg
 
+from fhirserver.storage.roles import ensure_app_role
+
 log = logging.getLogger("fhirserver.migrate")
 _NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 _LOCK_KEY = 0x46484952  # advisory lock: one migrator at a time, whatever the number of workers
@@ -59,6 +61,7 @@ def migrate(database_url: str) -> list[Migration]:
                     conn.execute("INSERT INTO schema_migration (number, name) VALUES (%s, %s)",
                                  (migration.number, migration.name))
                 newly.append(migration)
+            ensure_app_role(conn)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
     return newly

@@ -1,6 +1,7 @@
 """The search parameters in force: the R4 standard set plus the custom SearchParameter resources
-stored in this database. Every server process keeps its registry current: a write to a
-SearchParameter reloads it locally and NOTIFYs the other processes, which LISTEN."""
+stored in this database, per tenant. Every server process keeps its registries current: a write to a
+SearchParameter reloads that tenant's registry locally and NOTIFYs the other processes (payload: the tenant),
+which LISTEN."""
 from __future__ import annotations
 
 import asyncio
@@ -11,6 +12,8 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
+from fhirserver.storage import tenancy
+from fhirserver.storage.tenants import all_tenants
 from resources.outcome import FHIRError, Unprocessable
 from search.registry import Registry
 
@@ -36,9 +39,17 @@ def check_custom(resource: dict[str, Any], registry: Registry) -> None:
 class SearchParameters:
     def __init__(self, standard: Registry) -> None:
         self._standard = standard
-        self.current = standard
+        self._by_tenant: dict[str, Registry] = {}
+
+    @property
+    def current(self) -> Registry:
+        """The registry of the current tenant (the standard one when it has no custom SearchParameters)."""
+        return self._by_tenant.get(tenancy.current(), self._standard)
 
     def build(self, resources: Iterable[dict[str, Any]]) -> Registry:
+        resources = list(resources)
+        if not resources:
+            return self._standard
         registry = self._standard.copy()
         for resource in resources:
             if not defines_index(resource):
@@ -50,11 +61,17 @@ class SearchParameters:
         return registry
 
     async def reload(self, pool: AsyncConnectionPool) -> None:
+        """Re-read the custom SearchParameters of the current tenant."""
         async with pool.connection() as conn:
             cur = await conn.execute("SELECT body FROM resource WHERE res_type = 'SearchParameter' AND NOT deleted"
                                      " ORDER BY txid")
             rows = await cur.fetchall()
-        self.current = self.build(row[0] for row in rows)
+        self._by_tenant[tenancy.current()] = self.build(row[0] for row in rows)
+
+    async def reload_all(self, pool: AsyncConnectionPool) -> None:
+        for tenant in await all_tenants(pool):
+            with tenancy.use(tenant.name):
+                await self.reload(pool)
 
     async def listen(self, database_url: str, pool: AsyncConnectionPool) -> None:
         """Reload whenever another process changes a SearchParameter (runs until cancelled)."""
@@ -62,9 +79,10 @@ class SearchParameters:
             try:
                 async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
                     await conn.execute(f"LISTEN {CHANNEL}")
-                    await self.reload(pool)       # catch up with anything missed while not listening
-                    async for _ in conn.notifies():
-                        await self.reload(pool)
+                    await self.reload_all(pool)       # catch up with anything missed while not listening
+                    async for notification in conn.notifies():
+                        with tenancy.use(notification.payload):
+                            await self.reload(pool)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # keep serving with the registry we have; retry the subscription

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,6 +19,7 @@ from psycopg.rows import tuple_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+from fhirserver.storage import tenancy
 from fhirserver.storage.errors import RETRYABLE, to_fhir_error
 from fhirserver.storage.indexer import index_ctes
 from fhirserver.storage.parameters import CHANNEL, SearchParameters
@@ -89,6 +91,14 @@ class Repository:
         self.pool = pool
         self.parameters = parameters
         self.local_base = local_base   # absolute references under this base index as local ones
+
+    def with_local_base(self, local_base: str | None) -> Repository:
+        """The same repository, indexing absolute references under `local_base` (a tenant's base) as local."""
+        if local_base == self.local_base:
+            return self
+        bound = copy.copy(self)
+        bound.local_base = local_base
+        return bound
 
     async def _after_write(self, res_type: str) -> None:
         if res_type == "SearchParameter":   # new or changed custom search parameters apply at once here
@@ -352,7 +362,7 @@ class Repository:
                cur AS (
                    INSERT INTO resource (res_type, res_id, version, last_updated, txid, deleted, body)
                    SELECT %(t)s, %(i)s, %(v)s, %(u)s, h.txid, %(d)s, h.body FROM h
-                   ON CONFLICT (res_type, res_id) DO UPDATE SET version = excluded.version,
+                   ON CONFLICT (res_type, res_id, tenant_id) DO UPDATE SET version = excluded.version,
                        last_updated = excluded.last_updated, txid = excluded.txid,
                        deleted = excluded.deleted, body = excluded.body
                    RETURNING txid)"""
@@ -360,7 +370,7 @@ class Repository:
         row = await cur.fetchone()
         assert row is not None
         if res_type == "SearchParameter":
-            await conn.execute(f"NOTIFY {CHANNEL}")
+            await conn.execute("SELECT pg_notify(%s, current_setting(%s))", (CHANNEL, tenancy.SETTING))
         return Version(res_type, res_id, version, now, row[0], body, method)
 
     async def find_ids(self, res_type: str, criteria: SearchQuery) -> list[str]:

@@ -12,7 +12,7 @@ import orjson
 from starlette.requests import Request as HTTPRequest
 from starlette.responses import Response as HTTPResponse
 
-from fhirserver.oauth.http import request_base_url
+from fhirserver.oauth.http import accepted_bases, local_base_url, request_base_url
 from fhirserver.rest.context import Context
 from fhirserver.rest.http import Request, Response
 from fhirserver.rest.negotiation import check_accept
@@ -88,7 +88,8 @@ def make_endpoint(settings: Settings, context: Callable[[], Context], metrics: M
             request = _to_rest(http_request, body, settings)
             check_accept(request)
             ctx = context().at(request_base_url(http_request, settings))
-            audiences = {settings.base_url, ctx.base_url}
+            ctx = ctx.local_to(local_base_url(http_request, settings))   # the tenant's own absolute references
+            audiences = accepted_bases(http_request, settings)
             ctx = ctx.as_(await authenticate(check_token(), request.headers, request.path, audiences))
             if per_client is not None and ctx.access.client_id:
                 _limit(per_client, ctx.access.client_id, "this client")
