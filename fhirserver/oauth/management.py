@@ -54,7 +54,7 @@ async def create_client(store: AuthStore, name: str, kind: str, redirect_uris: l
         raise OAuthError("invalid_client_metadata", "only confidential-asymmetric clients register keys")
     if kind != "confidential-asymmetric" and not redirect_uris:
         raise OAuthError("invalid_redirect_uri", "this kind of client needs at least one redirect URI")
-    client_id = client_id or opaque.new_secret(12)
+    client_id = client_id or opaque.new_identifier()
     if await store.client(client_id):
         raise OAuthError("invalid_client_metadata", f"client id {client_id!r} is taken")
     secret = opaque.new_secret() if kind == "confidential-symmetric" else None
@@ -93,7 +93,7 @@ async def create_launch(store: AuthStore, client_id: str, patient: str | None, e
         raise OAuthError("invalid_request", f"no client {client_id!r}")
     if username and not await store.user(username):
         raise OAuthError("invalid_request", f"no user {username!r}")
-    launch_id = opaque.new_secret(16)
+    launch_id = opaque.new_identifier(16)
     await store.add_launch(Launch(launch_id, client_id, patient, encounter, username), LAUNCH_LIFETIME)
     return launch_id, client
 

@@ -7,6 +7,12 @@ import hmac
 import secrets
 
 
+def new_identifier(nbytes: int = 12) -> str:
+    """A random public identifier (client id, launch id): hex, so it never starts with '-' and reads safely
+    as a command-line argument."""
+    return secrets.token_hex(nbytes)
+
+
 def new_secret(nbytes: int = 32) -> str:
     return secrets.token_urlsafe(nbytes)
 
