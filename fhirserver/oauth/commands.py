@@ -148,12 +148,15 @@ async def _clients_list(args: argparse.Namespace, settings: Settings, store: Aut
     return 0
 
 
+def _outcome(found: bool, missing: str, done: str) -> int:
+    """Exit status and message of a command acting on one named client or user."""
+    print(done if found else f"error: {missing}", file=sys.stdout if found else sys.stderr)
+    return 0 if found else 1
+
+
 async def _clients_remove(args: argparse.Namespace, settings: Settings, store: AuthStore, _: str | None) -> int:
-    if not await store.remove_client(args.client_id):
-        print(f"error: no client {args.client_id!r}", file=sys.stderr)
-        return 1
-    print(f"removed client {args.client_id} (its codes and refresh tokens are gone)")
-    return 0
+    return _outcome(await store.remove_client(args.client_id), f"no client {args.client_id!r}",
+                    f"removed client {args.client_id} (its codes and refresh tokens are gone)")
 
 
 async def _users_add(args: argparse.Namespace, settings: Settings, store: AuthStore, password: str | None) -> int:
@@ -174,19 +177,11 @@ async def _users_list(args: argparse.Namespace, settings: Settings, store: AuthS
 
 
 async def _users_remove(args: argparse.Namespace, settings: Settings, store: AuthStore, _: str | None) -> int:
-    if not await store.remove_user(args.name):
-        print(f"error: no user {args.name!r}", file=sys.stderr)
-        return 1
-    print(f"removed user {args.name}")
-    return 0
+    return _outcome(await store.remove_user(args.name), f"no user {args.name!r}", f"removed user {args.name}")
 
 
 async def _users_unlock(args: argparse.Namespace, settings: Settings, store: AuthStore, _: str | None) -> int:
-    if not await store.unlock_user(args.name):
-        print(f"error: no user {args.name!r}", file=sys.stderr)
-        return 1
-    print(f"unlocked user {args.name}")
-    return 0
+    return _outcome(await store.unlock_user(args.name), f"no user {args.name!r}", f"unlocked user {args.name}")
 
 
 async def _launch(args: argparse.Namespace, settings: Settings, store: AuthStore, _: str | None) -> int:

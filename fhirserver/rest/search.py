@@ -116,9 +116,10 @@ async def _search(ctx: Context, request: Request, res_type: str | None, types: t
     if compartment and query.res_types:
         res_types = tuple(t for t in query.res_types if t in types)
     if not ctx.access.everything:
-        params, res_types, compartment = _confined(ctx, params, res_types, compartment)
-        query = parse_search(params, res_type=res_type, registry=ctx.registry, base_url=ctx.base_url,
-                             strict=_strict(request), max_count=ctx.max_page_size, compartment=compartment)
+        narrowed, res_types, confined = _confined(ctx, params, res_types, compartment)
+        if narrowed != params or confined != compartment:   # parse again only when the token narrowed it
+            query = parse_search(narrowed, res_type=res_type, registry=ctx.registry, base_url=ctx.base_url,
+                                 strict=_strict(request), max_count=ctx.max_page_size, compartment=confined)
     count = ctx.default_page_size if query.count is None else query.count
     summary_count = query.summary == "count" or count == 0
     base = ctx.url(path) if path else ctx.base_url

@@ -7,21 +7,12 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Any
 
+from fhirserver.oauth.errors import InvalidToken
 from fhirserver.security.scopes import Access
-from resources.outcome import Unauthorized
 
 # (token, acceptable audiences) -> the token's claims; raises a 401 FHIRError when the token is not good
 TokenCheck = Callable[[str, Collection[str]], Awaitable[dict[str, Any]]]
 PUBLIC_PATHS = {"metadata"}   # SMART: the CapabilityStatement is readable without a token
-
-
-def challenge(error: str | None = None, description: str | None = None) -> dict[str, str]:
-    value = 'Bearer realm="fhir"'
-    if error:
-        value += f', error="{error}"'
-    if description:
-        value += ', error_description="' + description.replace('"', "'") + '"'
-    return {"WWW-Authenticate": value}
 
 
 def bearer_token(headers: Mapping[str, str]) -> str | None:
@@ -32,8 +23,7 @@ def bearer_token(headers: Mapping[str, str]) -> str | None:
     scheme, _, token = header.strip().partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token or " " in token:
-        raise Unauthorized("The Authorization header must be 'Bearer <access token>'",
-                           headers=challenge("invalid_request", "malformed Authorization header"))
+        raise InvalidToken("The Authorization header must be 'Bearer <access token>'", error="invalid_request")
     return token
 
 
@@ -46,6 +36,6 @@ async def authenticate(check: TokenCheck | None, headers: Mapping[str, str], pat
     if token is None:
         if path in PUBLIC_PATHS:
             return Access()
-        raise Unauthorized("This server requires an access token (Authorization: Bearer ...); see "
-                           "[base]/.well-known/smart-configuration for how to get one", headers=challenge())
+        raise InvalidToken("This server requires an access token (Authorization: Bearer ...); see "
+                           "[base]/.well-known/smart-configuration for how to get one", error=None)
     return Access.from_claims(await check(token, audiences))
