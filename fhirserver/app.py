@@ -27,6 +27,7 @@ from fhirserver.rest import export
 from fhirserver.rest.context import Context
 from fhirserver.rest.http import Request
 from fhirserver.settings import Settings, from_environment
+from fhirserver.storage.audit_log import AuditLog
 from fhirserver.storage.auth import AuthStore
 from fhirserver.storage.database import open_pool
 from fhirserver.storage.export import ExportStore
@@ -69,7 +70,7 @@ def build_app(settings: Settings) -> Starlette:
         state["ctx"] = Context(repository, SearchStore(pool), parameters, settings.base_url,
                                settings.default_page_size, settings.max_page_size, settings.max_bundle_entries,
                                settings.max_json_depth,
-                               oauth_uris=None if settings.open else oauth_uris)
+                               oauth_uris=None if settings.open else oauth_uris, audit=AuditLog(pool))
         verifier = TokenVerifier(AuthStore(pool), database_url)   # access tokens (docs/smart.md)
         await verifier.start()
         state["verifier"] = verifier

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fhirserver.security.scopes import Access
+from fhirserver.storage.audit_log import AuditLog
 from fhirserver.storage.parameters import SearchParameters
 from fhirserver.storage.repository import Repository
 from fhirserver.storage.searching import SearchStore
@@ -26,6 +27,7 @@ class Context:
     access: Access = field(default_factory=Access)   # who asks and what they may do; by default nothing
     # base URL -> the authorization server's endpoints (SMART oauth-uris); None when authorization is off
     oauth_uris: Callable[[str], dict[str, str]] | None = None
+    audit: AuditLog | None = None      # the audit trail (docs/audit.md); None only in tools that audit nothing
 
     @property
     def registry(self) -> Registry:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from fhirserver.rest import bundle, capabilities, export, history, instance, operations, search
+from fhirserver.rest import audit_events, bundle, capabilities, export, history, instance, operations, search
 from fhirserver.rest.context import Context
 from fhirserver.rest.http import Request, Response
 from resources.outcome import FHIRError, MethodNotAllowed, NotFound
@@ -32,6 +32,9 @@ ROUTES: dict[str, dict[str, Handler]] = {
     "T/id/$op": {"GET": operations.instance_operation, "POST": operations.instance_operation},
     "$export-status": {"GET": export.status, "DELETE": export.cancel},
 }
+# Resource types served by their own handlers (shape -> method -> handler); the shapes they leave out fall
+# back to ROUTES, and a shape they list with other methods answers 405 for those.
+TYPE_ROUTES: dict[str, dict[str, dict[str, Handler]]] = {"AuditEvent": audit_events.ROUTES}
 
 
 def resolve(segments: list[str]) -> tuple[str, list[str]]:
@@ -71,9 +74,16 @@ def resolve(segments: list[str]) -> tuple[str, list[str]]:
     raise NotFound(f"No FHIR endpoint at {'/'.join(segments)[:120]!r}")
 
 
+def _methods(shape: str, args: list[str]) -> dict[str, Handler]:
+    if not shape.startswith("T"):
+        return ROUTES.get(shape, {})
+    own = TYPE_ROUTES.get(args[2] if shape == "T/id/T" else args[0], {})
+    return own.get(shape) or ROUTES.get(shape, {})
+
+
 async def dispatch(ctx: Context, request: Request) -> Response:
     shape, args = resolve(request.segments)
-    methods = ROUTES.get(shape, {})
+    methods = _methods(shape, args)
     method = "GET" if request.method == "HEAD" else request.method
     handler = methods.get(method)
     if handler is None:
@@ -87,8 +97,8 @@ async def dispatch(ctx: Context, request: Request) -> Response:
 def interaction(request: Request) -> str:
     """A short name of what the request asked for (the handler's name), for metrics and logs."""
     try:
-        shape, _ = resolve(request.segments)
+        shape, args = resolve(request.segments)
     except FHIRError:
         return "unknown"
-    handler = ROUTES.get(shape, {}).get("GET" if request.method == "HEAD" else request.method)
+    handler = _methods(shape, args).get("GET" if request.method == "HEAD" else request.method)
     return handler.__name__ if handler is not None else "unsupported"

@@ -14,6 +14,7 @@ import psycopg
 log = logging.getLogger("fhirserver.roles")
 APP_ROLE = "fhirserver_app"
 _READ_ONLY = ("tenant", "schema_migration")
+_APPEND_ONLY = ("audit_event", "audit_link")   # the audit trail (0008): insert and read, never change
 
 
 def ensure_app_role(conn: psycopg.Connection) -> bool:
@@ -30,6 +31,7 @@ def ensure_app_role(conn: psycopg.Connection) -> bool:
         conn.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {APP_ROLE}")
         conn.execute(f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {APP_ROLE}")
         conn.execute(f"REVOKE INSERT, UPDATE, DELETE ON {', '.join(_READ_ONLY)} FROM {APP_ROLE}")
+        conn.execute(f"REVOKE UPDATE, DELETE, TRUNCATE ON {', '.join(_APPEND_ONLY)} FROM {APP_ROLE}")
     return True
 
 
