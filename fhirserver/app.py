@@ -20,13 +20,14 @@ from fhirserver.bulk.config import ExportConfig
 from fhirserver.bulk.manifest import FILE_PATH
 from fhirserver.bulk.worker import Worker
 from fhirserver.oauth.discovery import oauth_uris
-from fhirserver.oauth.http import accepted_bases
 from fhirserver.oauth.routes import auth_routes
 from fhirserver.oauth.tokens import TokenVerifier
 from fhirserver.rest import export
+from fhirserver.rest.auditing import record_download
 from fhirserver.rest.context import Context
 from fhirserver.rest.http import Request
 from fhirserver.settings import Settings, from_environment
+from fhirserver.storage.audit_chain import run_linker
 from fhirserver.storage.audit_log import AuditLog
 from fhirserver.storage.auth import AuthStore
 from fhirserver.storage.database import open_pool
@@ -36,8 +37,8 @@ from fhirserver.storage.parameters import SearchParameters
 from fhirserver.storage.repository import Repository
 from fhirserver.storage.searching import SearchStore
 from fhirserver.storage.tenants import TenantDirectory
-from fhirserver.web.adapter import make_endpoint
-from fhirserver.web.auth import TokenCheck, authenticate
+from fhirserver.web.adapter import authenticated, make_endpoint
+from fhirserver.web.auth import TokenCheck
 from fhirserver.web.metrics import Metrics
 from fhirserver.web.responses import internal_error, render_error
 from fhirserver.web.tenants import TenantRouting
@@ -78,12 +79,14 @@ def build_app(settings: Settings) -> Starlette:
         exporter = None
         if export_config.workers > 0:   # Bulk Data export parts are also taken by `fhirserver worker` processes
             exporter = asyncio.create_task(Worker(ExportStore(pool), export_config, lambda: parameters.current).run())
+        linker = asyncio.create_task(run_linker(pool, settings.audit_link_seconds))   # docs/audit.md
         gc.collect()
         gc.freeze()   # start-up objects live forever: keep them out of the collector's full passes
         try:
             yield
         finally:
             listener.cancel()
+            linker.cancel()
             await verifier.stop()
             if exporter is not None:
                 exporter.cancel()
@@ -111,12 +114,16 @@ def build_app(settings: Settings) -> Starlette:
         """Bulk Data output files: streamed, so they bypass the JSON rendering of the FHIR endpoint."""
         request = Request(method=http_request.method, path=http_request.url.path,
                           headers={k.lower(): v for k, v in http_request.headers.items()})
+        job, name = http_request.path_params["job"], http_request.path_params["name"]
+        ctx = state["ctx"]
         try:
-            ctx = state["ctx"]
-            audiences = accepted_bases(http_request, settings)
-            ctx = ctx.as_(await authenticate(token_check(), request.headers, "", audiences))
-            found = await export.download(ctx, request, http_request.path_params["job"],
-                                          http_request.path_params["name"])
+            ctx = await authenticated(ctx, http_request, request, settings, token_check())
+            try:
+                found = await export.download(ctx, request, job, name)
+            except FHIRError as error:
+                await record_download(ctx, job, name, error.status, error.diagnostics)
+                raise
+            await record_download(ctx, job, name, 200)
         except FHIRError as error:
             return render_error(error, request)
         except Exception as exc:

@@ -110,6 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
     tadd.add_argument("--hostname", dest="hosts", action="append", metavar="HOST",
                       help="a host name that reaches this tenant without /t/{tenant} (repeatable)")
     _common(tsub.add_parser("list", help="list tenants"))
+    audit = sub.add_parser("audit", help="the audit trail: verify its hash chain",
+                           description="AuditEvents are chained by hashes (docs/audit.md). `audit verify` walks a "
+                                       "tenant's chain and reports the first broken or missing link (exit 1).")
+    asub = audit.add_subparsers(dest="action", metavar="ACTION", required=True)
+    _common(asub.add_parser("verify", help="verify the hash chain of the tenant's audit trail"))
     dburl = sub.add_parser("database-url", help="print the PostgreSQL URL the server uses (for psql and tools)",
                            description="Print the connection URL of the database (starting the embedded PostgreSQL "
                                        "only for as long as the command runs, unless a server is using it).")
@@ -310,6 +315,24 @@ def cmd_tenants(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit_verify(settings: Settings) -> int:
+    import asyncio
+
+    from fhirserver.progress import ProgressLine
+    from fhirserver.storage.audit_chain import check
+
+    with migrated(settings) as resolved:
+        assert resolved.database_url
+        verdict = asyncio.run(check(resolved.database_url, settings.tenant, ProgressLine("verify", unit="events")))
+    if verdict.intact:
+        print(f"audit chain of tenant {settings.tenant!r} verified: {verdict.linked:,} events, "
+              f"head {verdict.head.hex() or '(empty)'}")
+        return 0
+    print(f"audit chain of tenant {settings.tenant!r} is BROKEN after {verdict.linked:,} good links: "
+          f"{verdict.problem}", file=sys.stderr)
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -344,6 +367,8 @@ def main(argv: list[str] | None = None) -> int:
             return run(args, settings, migrated)
         if args.command == "tenants":
             return cmd_tenants(settings, args)
+        if args.command == "audit":
+            return cmd_audit_verify(settings)
         if args.command == "database-url":
             with database(settings) as resolved:
                 print(resolved.database_url)

@@ -46,6 +46,7 @@ class Settings:
     default_page_size: int = 50      # _count when the client gives none (search and history)
     max_page_size: int = 1000        # the largest _count honoured
     log_level: str = "info"
+    audit_link_seconds: float = 1.0          # how often new AuditEvents are linked into the hash chain
     # Authorization (docs/smart.md): on unless `open` is set
     open: bool = False                       # no authorization at all: local development only
     open_on_network: bool = False            # allow `open` on a non-loopback address (loudly)
@@ -135,6 +136,7 @@ def from_environment(env: dict[str, str] | None = None) -> Settings:
                           ("REFRESH_TOKEN_SECONDS", int), ("ONLINE_REFRESH_SECONDS", int),
                           ("LOGIN_MAX_FAILURES", int), ("LOCKOUT_SECONDS", int),
                           ("DEFAULT_PAGE_SIZE", int), ("MAX_PAGE_SIZE", int), ("LOG_LEVEL", str),
+                          ("AUDIT_LINK_SECONDS", float),
                           ("EXPORT_FILE_BYTES", int), ("EXPORT_GZIP", _boolean), ("EXPORT_EXPIRY_SECONDS", int),
                           ("EXPORT_WORKERS", int), ("EXPORT_QUEUE", str), ("EXPORT_LEASE_SECONDS", float),
                           ("EXPORT_RETRY_AFTER", int), ("EXPORT_MIN_POLL_SECONDS", float),

@@ -81,8 +81,8 @@ def event(*, type_: dict[str, str], subtype: dict[str, str], action: str, status
     out["source"] = {"site": source, "observer": {"display": source},
                      "type": [{"system": _SOURCE_TYPE, "code": "4", "display": "Application Server"}]}
     found = [_entity(e) for e in entities]
-    found += [_entity(Entity(f"Patient/{p}", role="1")) for p in dict.fromkeys(patients)
-              if not any(e.reference == f"Patient/{p}" for e in entities)]
+    named = {local_reference(e.reference) for e in entities}
+    found += [_entity(Entity(f"Patient/{p}", role="1")) for p in dict.fromkeys(patients) if f"Patient/{p}" not in named]
     if found:
         out["entity"] = found
     return out

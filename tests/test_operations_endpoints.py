@@ -3,6 +3,7 @@ security headers on FHIR responses."""
 from __future__ import annotations
 
 import re
+import uuid
 
 import httpx
 import psycopg
@@ -70,10 +71,11 @@ def test_rate_limit_and_cors(database_url: str, tmp_path) -> None:
             other = http.options("/Patient", headers={"Origin": "https://evil.example",
                                                       "Access-Control-Request-Method": "POST"})
             assert other.headers.get("access-control-allow-origin") != "https://evil.example"
-            statuses = [http.get("/Patient/x", headers={"Origin": "https://app.example"}).status_code
+            missing = f"/Patient/no-such-{uuid.uuid4().hex[:12]}"   # other tests may create Patient/x
+            statuses = [http.get(missing, headers={"Origin": "https://app.example"}).status_code
                         for _ in range(8)]
         assert statuses.count(404) >= 4 and statuses[-1] == 429, statuses
-        limited = httpx.get(live.base_url + "/Patient/x", timeout=10)
+        limited = httpx.get(live.base_url + missing, timeout=10)
         assert limited.status_code == 429
         assert int(limited.headers["retry-after"]) >= 1
         assert limited.json()["issue"][0]["code"] == "throttled"

@@ -12,7 +12,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from fhirserver.oauth import pages
+from fhirserver.oauth import auditing, pages
 from fhirserver.oauth.errors import OAuthError, PageError, RedirectError
 from fhirserver.oauth.http import Params, accepted_bases, form_params, origin, query_params, with_query
 from fhirserver.oauth.login import check_login
@@ -98,11 +98,17 @@ async def login(server: AuthServer, request: Request) -> Response:
     username = form.one("username") or ""
     result = await check_login(server.store, server.settings, username, form.one("password") or "", form.one("otp"))
     if result.locked_minutes:
+        await auditing.record(server, request, "lockout", 423, client_id=client.client_id, user=username,
+                              description=f"the account is locked for {result.locked_minutes} minute(s)")
         return pages.locked_page(result.locked_minutes)
     if result.user is None:
+        await auditing.record(server, request, "login-failure", 401, client_id=client.client_id, user=username,
+                              description=result.error)
         return pages.login_page(f"{server.auth_path(request)}/login", flow_id, client.name, username=username,
                                 error=result.error)
     user = result.user
+    await auditing.record(server, request, "login", 200, client_id=client.client_id, user=user.username,
+                          fhir_user=user.fhir_user)
     launch = pending.params.get("launch") or {}
     if launch.get("username") and launch["username"] != user.username:
         raise PageError("This launch was created for another user.")

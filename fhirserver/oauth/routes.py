@@ -35,7 +35,8 @@ def auth_routes(settings: Settings, state: dict[str, Any]) -> list[Route]:
     def server() -> AuthServer:
         if not servers:
             verifier = state["verifier"]
-            servers.append(AuthServer(settings, AuthStore(state["ctx"].repository.pool), verifier))
+            ctx = state["ctx"]
+            servers.append(AuthServer(settings, AuthStore(ctx.repository.pool), verifier, audit=ctx.audit))
         return servers[0]
 
     def endpoint(handler: Handler, *, api: bool = False, page: bool = False) -> Endpoint:

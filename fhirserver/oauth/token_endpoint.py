@@ -9,6 +9,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from fhirserver.oauth import auditing
 from fhirserver.oauth.clientauth import authenticate
 from fhirserver.oauth.errors import OAuthError
 from fhirserver.oauth.http import Params, accepted_bases, form_params, json_response, request_base_url
@@ -16,6 +17,7 @@ from fhirserver.oauth.scopepolicy import REFRESH_SCOPES, grantable, is_system
 from fhirserver.oauth.service import AuthServer
 from fhirserver.oauth.tokens import issue_access_token, issue_id_token
 from fhirserver.security import opaque
+from fhirserver.security.jose import unverified_claims
 from fhirserver.storage.auth import Client
 
 
@@ -26,15 +28,26 @@ def token_urls(server: AuthServer, request: Request) -> set[str]:
 async def token(server: AuthServer, request: Request) -> Response:
     params = await form_params(request)
     grant_type = params.one("grant_type")
-    if grant_type not in ("authorization_code", "refresh_token", "client_credentials"):
-        raise OAuthError("unsupported_grant_type", f"grant_type {grant_type!r} is not supported")
-    client = await authenticate(server.store, server.jwks, request, params, token_urls(server, request))
-    if grant_type == "authorization_code":
-        body = await _authorization_code(server, request, client, params)
-    elif grant_type == "refresh_token":
-        body = await _refresh_token(server, request, client, params)
-    else:
-        body = await _client_credentials(server, request, client, params)
+    client: Client | None = None
+    try:
+        if grant_type not in ("authorization_code", "refresh_token", "client_credentials"):
+            raise OAuthError("unsupported_grant_type", f"grant_type {grant_type!r} is not supported")
+        client = await authenticate(server.store, server.jwks, request, params, token_urls(server, request))
+        if grant_type == "authorization_code":
+            body = await _authorization_code(server, request, client, params)
+        elif grant_type == "refresh_token":
+            body = await _refresh_token(server, request, client, params)
+        else:
+            body = await _client_credentials(server, request, client, params)
+    except OAuthError as error:
+        await auditing.record(server, request, "token-refused", error.status,
+                              client_id=client.client_id if client else params.one("client_id"),
+                              description=f"{grant_type}: {error.error}: {error.description}")
+        raise
+    issued = unverified_claims(body["access_token"])   # signed just now: who it was issued to
+    await auditing.record(server, request, "token-issued", 200, client_id=client.client_id,
+                          user=issued.get("sub") if issued.get("sub") != client.client_id else None,
+                          fhir_user=issued.get("fhirUser"), description=f"{grant_type}; scope: {body.get('scope', '')}")
     return json_response(body)
 
 

@@ -31,13 +31,12 @@ def require(ctx: Context, res_type: str, operation: str) -> tuple[Rule, ...]:
     return rules
 
 
-def in_compartment(ctx: Context, resource: dict[str, Any], patient: str) -> bool:
-    """Is `resource` in the compartment of Patient/`patient`?"""
-    res_type = resource.get("resourceType")
-    if not isinstance(res_type, str):
-        return False
-    if res_type == "Patient" and resource.get("id") == patient:
-        return True
+def compartment_patients(ctx: Context, resource: dict[str, Any] | None) -> set[str]:
+    """The ids of the local Patients whose compartment holds `resource` (R4 Patient CompartmentDefinition)."""
+    res_type = resource.get("resourceType") if isinstance(resource, dict) else None
+    if not isinstance(res_type, str) or resource is None:
+        return set()
+    found = {str(resource["id"])} if res_type == "Patient" and resource.get("id") else set()
     root = [resource]
     for code in membership_params("Patient", res_type):
         param = ctx.registry.get(res_type, code)
@@ -46,10 +45,15 @@ def in_compartment(ctx: Context, resource: dict[str, Any], patient: str) -> bool
             continue
         for node in ctx.registry.evaluator(param, res_type)(root, resource):
             for value in convert(node):
-                if isinstance(value, ReferenceValue) and value.res_type == "Patient" and value.res_id == patient \
+                if isinstance(value, ReferenceValue) and value.res_type == "Patient" and value.res_id \
                         and (value.url is None or value.url.startswith(ctx.base_url + "/")):
-                    return True
-    return False
+                    found.add(value.res_id)
+    return found
+
+
+def in_compartment(ctx: Context, resource: dict[str, Any], patient: str) -> bool:
+    """Is `resource` in the compartment of Patient/`patient`?"""
+    return patient in compartment_patients(ctx, resource)
 
 
 async def _matches(ctx: Context, res_type: str, res_id: str, query: tuple[tuple[str, str], ...]) -> bool:

@@ -180,7 +180,8 @@ async def _transaction(ctx: Context, request: Request, entries: list[Entry]) -> 
         assert isinstance(repository, TransactionRepository)
         # a retried attempt starts again from the entries as received
         attempt = [replace(e) for e in entries]
-        bound = replace(ctx, repository=repository, searches=ctx.searches.bound(repository.conn))
+        bound = replace(ctx, repository=repository, searches=ctx.searches.bound(repository.conn),
+                        audit=ctx.audit.bound(repository.conn) if ctx.audit is not None else None)
         mapping = await _assign_ids(bound, attempt)
         await repository.lock([_key(e.target) for e in attempt if e.target and e.method in ("PUT", "PATCH", "DELETE")])
         for entry in attempt:

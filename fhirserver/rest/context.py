@@ -10,6 +10,7 @@ from fhirserver.storage.audit_log import AuditLog
 from fhirserver.storage.parameters import SearchParameters
 from fhirserver.storage.repository import Repository
 from fhirserver.storage.searching import SearchStore
+from resources.audit import Agent
 from search.registry import Registry
 
 
@@ -28,6 +29,7 @@ class Context:
     # base URL -> the authorization server's endpoints (SMART oauth-uris); None when authorization is off
     oauth_uris: Callable[[str], dict[str, str]] | None = None
     audit: AuditLog | None = None      # the audit trail (docs/audit.md); None only in tools that audit nothing
+    requester: Agent = field(default_factory=Agent)   # who asks, as the audit trail names them
 
     @property
     def registry(self) -> Registry:
@@ -43,9 +45,11 @@ class Context:
         repository = self.repository.with_local_base(base_url)
         return self if repository is self.repository else replace(self, repository=repository)
 
-    def as_(self, access: Access) -> Context:
-        """The same context acting for `access` (set per request by the web adapter)."""
-        return replace(self, access=access)
+    def as_(self, access: Access, address: str | None = None, user_agent: str | None = None) -> Context:
+        """The same context acting for `access` from `address` (set per request by the web adapter)."""
+        user = access.subject if access.role is not None and access.subject != access.client_id else None
+        return replace(self, access=access, requester=Agent(access.client_id, user, access.fhir_user, address,
+                                                            user_agent))
 
     def url(self, *parts: str | int) -> str:
         return "/".join([self.base_url, *map(str, parts)])

@@ -4,6 +4,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from fhirserver.rest import audit_events, bundle, capabilities, export, history, instance, operations, search
+from fhirserver.rest.auditing import audited
 from fhirserver.rest.context import Context
 from fhirserver.rest.http import Request, Response
 from resources.outcome import FHIRError, MethodNotAllowed, NotFound
@@ -91,7 +92,7 @@ async def dispatch(ctx: Context, request: Request) -> Response:
         where = "the base endpoint" if shape == "" else f"[base]/{'/'.join(request.segments)[:120]}"
         raise MethodNotAllowed(f"{request.method} is not supported on {where}; allowed: {allowed}",
                                headers={"Allow": allowed})
-    return await handler(ctx, request, *args)
+    return await audited(ctx, request, shape, args, lambda: handler(ctx, request, *args))
 
 
 def interaction(request: Request) -> str:

@@ -95,3 +95,26 @@ class AuditLog:
                     future.set_result(None)
                 else:
                     future.set_exception(error)
+
+    async def record_failure(self, *events: dict[str, Any]) -> None:
+        """Commit the events of a failed interaction (on their own: they outlive a rolled-back transaction)."""
+        await self.record(*events)
+
+    def bound(self, conn: psycopg.AsyncConnection) -> AuditLog:
+        """The log as seen inside the open transaction of `conn` (a transaction Bundle)."""
+        return TransactionAudit(self, conn)
+
+
+class TransactionAudit(AuditLog):
+    """Events of a transaction's entries commit with the transaction; failures are committed on their own."""
+
+    def __init__(self, outer: AuditLog, conn: psycopg.AsyncConnection) -> None:
+        super().__init__(outer.pool)
+        self.outer = outer
+        self.conn = conn
+
+    async def record(self, *events: dict[str, Any]) -> None:
+        await insert(self.conn, list(events))
+
+    async def record_failure(self, *events: dict[str, Any]) -> None:
+        await self.outer.record(*events)

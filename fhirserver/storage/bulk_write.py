@@ -18,6 +18,7 @@ import psycopg
 from psycopg.rows import tuple_row
 from psycopg_pool import AsyncConnectionPool
 
+from fhirserver.storage.audit_log import insert, write_audit
 from fhirserver.storage.errors import RETRYABLE, to_fhir_error
 from fhirserver.storage.indexer import TABLES, Table, index_tuples
 from fhirserver.storage.repository import _RETRIES, Version, WriteResult, _now, _same
@@ -117,7 +118,16 @@ async def _write(conn: psycopg.AsyncConnection, registry: Registry, writes: list
             results[(r.res_type, r.res_id)] = WriteResult(
                 Version(r.res_type, r.res_id, r.version, r.last_updated, txid, r.resource, r.method), created=r.created)
         await _store(cur, registry, rows, txids, local_base)
+        audit = write_audit.get()   # a request being audited: its writes' events join this transaction
+        if audit is not None:
+            await insert(conn, [audit(r.res_type, r.res_id, r.version, r.method, r.resource,
+                                      _prior(current.get((r.res_type, r.res_id)))) for r in rows])
     return [results[(w.res_type, w.res_id)] for w in writes]
+
+
+def _prior(found: tuple[Any, ...] | None) -> dict[str, Any] | None:
+    """The content of the version a write replaces (None when there was none, or it was a delete)."""
+    return found[4] if found is not None else None
 
 
 async def _store(cur: psycopg.AsyncCursor[tuple[Any, ...]], registry: Registry, rows: list[_Row], txids: list[int],

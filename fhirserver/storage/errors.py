@@ -15,6 +15,9 @@ RETRYABLE = (pg.SerializationFailure, pg.DeadlockDetected, pg.UniqueViolation)
 
 
 def to_fhir_error(exc: psycopg.Error) -> FHIRError:
+    if exc.diag.table_name == "audit_event":   # the audit record of the access could not be written: fail closed
+        log.error("audit event not written: %s", exc)
+        return Unavailable("The access could not be audited, so it was refused; retry later")
     if isinstance(exc, pg.SerializationFailure | pg.DeadlockDetected | pg.UniqueViolation):
         return Conflict("The resource was changed concurrently by another request; retry the request")
     if isinstance(exc, pg.ProgramLimitExceeded):

@@ -20,6 +20,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from fhirserver.storage import tenancy
+from fhirserver.storage.audit_log import audit_cte, write_audit
 from fhirserver.storage.errors import RETRYABLE, to_fhir_error
 from fhirserver.storage.indexer import index_ctes
 from fhirserver.storage.parameters import CHANNEL, SearchParameters
@@ -242,7 +243,7 @@ class Repository:
                 raise PreconditionFailed(_mismatch(res_type, res_id, if_match, current))
             if current is None or current.deleted:
                 return None
-            return await self._append(conn, res_type, res_id, current.version + 1, None, "DELETE")
+            return await self._append(conn, res_type, res_id, current.version + 1, None, "DELETE", current.resource)
 
         deleted = await self._run(work)
         await self._after_write(res_type)
@@ -258,7 +259,8 @@ class Repository:
                 return None
             current = await self._current(conn, res_type, matches[0], lock=True)
             assert current is not None
-            return await self._append(conn, res_type, matches[0], current.version + 1, None, "DELETE")
+            return await self._append(conn, res_type, matches[0], current.version + 1, None, "DELETE",
+                                      current.resource)
 
         deleted = await self._run(work)
         await self._after_write(res_type)
@@ -342,16 +344,23 @@ class Repository:
                 content, res_id=res_id, version=current.version, last_updated=current.last_updated)):
             return WriteResult(current, created=False, changed=False)   # identical content: no new version
         next_version = current.version + 1 if current is not None else 1
-        version = await self._append(conn, res_type, res_id, next_version, content, method)
+        version = await self._append(conn, res_type, res_id, next_version, content, method,
+                                     current.resource if current is not None else None)
         return WriteResult(version, created=not live)
 
     async def _append(self, conn: psycopg.AsyncConnection, res_type: str, res_id: str, version: int,
-                      content: dict[str, Any] | None, method: str) -> Version:
-        """Append one version to history and make it the current row, in one statement."""
+                      content: dict[str, Any] | None, method: str, prior: dict[str, Any] | None = None) -> Version:
+        """Append one version to history and make it the current row, in one statement (with its index rows
+        and, for a request being audited, its AuditEvent)."""
         now = _now()
         body = stamp(content, res_id=res_id, version=version, last_updated=now) if content is not None else None
         index_parts, params = index_ctes(res_type, res_id, body, self.parameters.current, fresh=version == 1,
                                          local_base=self.local_base)
+        audit = write_audit.get()
+        if audit is not None:
+            part, audit_params = audit_cte([audit(res_type, res_id, version, method, body, prior)])
+            index_parts.append(part)
+            params.update(audit_params)
         params.update({"v": version, "u": now, "m": method, "d": body is None,
                        "b": Jsonb(body) if body is not None else None})
         cur = await conn.execute(
@@ -423,8 +432,8 @@ class TransactionRepository(Repository):
         return await super()._current(conn, res_type, res_id, lock)
 
     async def _append(self, conn: psycopg.AsyncConnection, res_type: str, res_id: str, version: int,
-                      content: dict[str, Any] | None, method: str) -> Version:
-        written = await super()._append(conn, res_type, res_id, version, content, method)
+                      content: dict[str, Any] | None, method: str, prior: dict[str, Any] | None = None) -> Version:
+        written = await super()._append(conn, res_type, res_id, version, content, method, prior)
         if (res_type, res_id) in self._locked:
             self._locked[(res_type, res_id)] = written
         return written

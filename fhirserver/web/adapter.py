@@ -6,12 +6,14 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from urllib.parse import parse_qsl
 
 import orjson
 from starlette.requests import Request as HTTPRequest
 from starlette.responses import Response as HTTPResponse
 
+from fhirserver.oauth.errors import InvalidToken
 from fhirserver.oauth.http import accepted_bases, local_base_url, request_base_url
 from fhirserver.rest.context import Context
 from fhirserver.rest.http import Request, Response
@@ -22,6 +24,7 @@ from fhirserver.web.auth import TokenCheck, authenticate
 from fhirserver.web.metrics import Metrics
 from fhirserver.web.ratelimit import RateLimiter
 from fhirserver.web.responses import internal_error, render, render_error
+from resources.audit import Agent, auth_event
 from resources.outcome import BadRequest, FHIRError, MethodNotAllowed, PayloadTooLarge, TooManyRequests, Unavailable
 
 access_log = logging.getLogger("fhirserver.access")
@@ -89,8 +92,7 @@ def make_endpoint(settings: Settings, context: Callable[[], Context], metrics: M
             check_accept(request)
             ctx = context().at(request_base_url(http_request, settings))
             ctx = ctx.local_to(local_base_url(http_request, settings))   # the tenant's own absolute references
-            audiences = accepted_bases(http_request, settings)
-            ctx = ctx.as_(await authenticate(check_token(), request.headers, request.path, audiences))
+            ctx = await authenticated(ctx, http_request, request, settings, check_token())
             if per_client is not None and ctx.access.client_id:
                 _limit(per_client, ctx.access.client_id, "this client")
             response = render(await _within(settings.request_timeout_seconds, dispatch(ctx, request)), request,
@@ -107,6 +109,22 @@ def make_endpoint(settings: Settings, context: Callable[[], Context], metrics: M
         return response
 
     return fhir_endpoint
+
+
+async def authenticated(ctx: Context, http_request: HTTPRequest, request: Request, settings: Settings,
+                         check: TokenCheck | None) -> Context:
+    """The context acting for the caller; a refused token is audited (docs/audit.md) before the 401."""
+    address = http_request.client.host if http_request.client else None
+    user_agent = request.header("user-agent")
+    try:
+        access = await authenticate(check, request.headers, request.path, accepted_bases(http_request, settings))
+    except InvalidToken as error:
+        if ctx.audit is not None:
+            await ctx.audit.record(auth_event("token-rejected", status=error.status, source=ctx.base_url,
+                                              agent=Agent(address=address, user_agent=user_agent),
+                                              recorded=datetime.now(UTC), description=error.diagnostics))
+        raise
+    return ctx.as_(access, address, user_agent)
 
 
 def _limit(limiter: RateLimiter, key: str, who: str) -> None:

@@ -9,7 +9,7 @@
 -- * The chain (`audit_link`) is written after commit by the linker (fhirserver/storage/audit_chain.py):
 --   link n = sha256(link n-1 || sha256(the event row as jsonb text)), in the order the linker took the rows.
 --   It takes only rows whose inserting transaction is older than every running one (`xid` below the snapshot
---   xmin), so no row commits behind it; `audit_chain_head` is where it stopped.
+--   xmin), so no row commits behind it; `audit_chain_head` is where it stopped (in (xid, seq) order).
 
 CREATE SEQUENCE audit_event_seq;
 
@@ -52,12 +52,14 @@ CREATE TABLE audit_link (
     hash       bytea  NOT NULL,
     PRIMARY KEY (tenant_id, position)
 );
+CREATE INDEX audit_link_seq ON audit_link (tenant_id, seq);
 
 CREATE TABLE audit_chain_head (
     tenant_id  text   NOT NULL DEFAULT current_setting('fhirserver.tenant', true) PRIMARY KEY,
     position   bigint NOT NULL DEFAULT 0,
     hash       bytea  NOT NULL DEFAULT '\x'::bytea,
-    horizon    xid8   NOT NULL DEFAULT '0'::xid8  -- rows with xid below this are linked
+    last_xid   xid8   NOT NULL DEFAULT '0'::xid8,  -- the last row linked, in (xid, seq) order
+    last_seq   bigint NOT NULL DEFAULT 0
 );
 
 DO $$
