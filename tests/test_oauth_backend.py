@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from joserfc import jwt
 from joserfc.jwk import ECKey, RSAKey
 
+from tests.audit_trail import events, summary
 from tests.test_oauth_support import AuthServer, serve_auth
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -75,6 +76,9 @@ def test_client_credentials(auth: AuthServer, tmp_path: Path, alg: str) -> None:
     assert "role" not in claims
     # every scope the client may have when it asks for none
     assert _token(auth, signer.assertion(client_id, token_url), scope=None).json()["scope"] == "system/*.rs"
+    assert _token(auth, signer.assertion(client_id, token_url), scope="user/*.rs").status_code == 400
+    assert [summary(e) for e in events(auth.database_url, altid=client_id)] == [   # audited (docs/audit.md)
+        ("token-issued", "E", "0"), ("token-issued", "E", "0"), ("token-refused", "E", "4")]
 
 
 def test_assertion_rules(auth: AuthServer, tmp_path: Path) -> None:
@@ -96,6 +100,8 @@ def test_assertion_rules(auth: AuthServer, tmp_path: Path) -> None:
     for reason, bad in refused.items():
         response = _token(auth, bad)
         assert response.status_code == 401 and response.json()["error"] == "invalid_client", reason
+    refusals = [e for e in events(auth.database_url, altid=client_id) if summary(e)[0] == "token-refused"]
+    assert len(refusals) == 1 + len(refused) and all(e["outcome"] == "4" for e in refusals)   # the replay too
     wide = _token(auth, signer.assertion(client_id, token_url), scope="system/*.cruds")
     assert wide.json()["error"] == "invalid_scope"
     user_scope = _token(auth, signer.assertion(client_id, token_url), scope="patient/*.rs")

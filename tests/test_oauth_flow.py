@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from fhirserver.security.totp import current_code
+from tests.audit_trail import events, summary
 from tests.test_oauth_support import REDIRECT, AuthServer, Flow, hidden, redirect_params, serve_auth
 
 PASSWORD = "correct horse battery"
@@ -94,6 +95,10 @@ def test_standalone_flow_with_patient_picker(auth: AuthServer, setup: dict[str, 
     assert httpx.get(f"{auth.base}/metadata", headers=bearer).status_code == 200
     assert httpx.get(f"{auth.base}/Patient/p2", headers=bearer).json()["id"] == "p2"
     assert httpx.get(f"{auth.base}/Patient/p2").status_code == 401
+    trail = [summary(e) for e in events(auth.database_url, altid="carol")]
+    assert trail[:2] == [("login", "E", "0"), ("token-issued", "E", "0")]   # then the two reads above
+    issued = events(auth.database_url, altid="carol")[1]
+    assert issued["agent"][1]["who"]["reference"] == "Practitioner/7" and issued["agent"][0]["altId"] == setup["public"]
 
 
 def test_patient_user_gets_own_record_and_consent_narrows(auth: AuthServer, setup: dict[str, str],
@@ -185,6 +190,12 @@ def test_lockout_after_failures(auth: AuthServer, setup: dict[str, str], browser
     assert flow.login("lou", PASSWORD).status_code == 423   # even the right password, while locked
     auth.cli("users", "unlock", "lou")
     assert "name=approve" in flow.login("lou", PASSWORD).text
+    # each attempt left its AuditEvent (docs/audit.md), naming the user, the app and the address
+    logins = events(auth.database_url, altid="lou")
+    assert [summary(e) for e in logins] == [("login-failure", "E", "4")] * 2 + [("lockout", "E", "4")] * 2 + [
+        ("login", "E", "0")]
+    assert all(e["agent"][0]["altId"] == setup["public"] and e["agent"][1]["network"]["address"] == "127.0.0.1"
+               for e in logins)
 
 
 def test_totp_required_and_not_replayable(auth: AuthServer, setup: dict[str, str], browser: httpx.Client) -> None:

@@ -17,7 +17,7 @@ from fhirserver.oauth.scopepolicy import REFRESH_SCOPES, grantable, is_system
 from fhirserver.oauth.service import AuthServer
 from fhirserver.oauth.tokens import issue_access_token, issue_id_token
 from fhirserver.security import opaque
-from fhirserver.security.jose import unverified_claims
+from fhirserver.security.jose import JoseError, unverified_claims
 from fhirserver.storage.auth import Client
 
 
@@ -41,7 +41,7 @@ async def token(server: AuthServer, request: Request) -> Response:
             body = await _client_credentials(server, request, client, params)
     except OAuthError as error:
         await auditing.record(server, request, "token-refused", error.status,
-                              client_id=client.client_id if client else params.one("client_id"),
+                              client_id=client.client_id if client else _claimed_client(params),
                               description=f"{grant_type}: {error.error}: {error.description}")
         raise
     issued = unverified_claims(body["access_token"])   # signed just now: who it was issued to
@@ -49,6 +49,18 @@ async def token(server: AuthServer, request: Request) -> Response:
                           user=issued.get("sub") if issued.get("sub") != client.client_id else None,
                           fhir_user=issued.get("fhirUser"), description=f"{grant_type}; scope: {body.get('scope', '')}")
     return json_response(body)
+
+
+def _claimed_client(params: Params) -> str | None:
+    """The client a refused caller claimed to be (unauthenticated: for the audit trail only)."""
+    assertion = params.one("client_assertion")
+    if assertion:
+        try:
+            claimed = unverified_claims(assertion).get("iss")
+        except JoseError:
+            return None
+        return claimed[:200] if isinstance(claimed, str) else None
+    return params.one("client_id")
 
 
 async def _authorization_code(server: AuthServer, request: Request, client: Client, params: Params) -> dict[str, Any]:
