@@ -6,12 +6,21 @@ from typing import Any
 import psycopg
 
 
-def events(database_url: str, *, altid: str | None = None, tenant: str = "default") -> list[dict[str, Any]]:
-    """The AuditEvents of `tenant` (those naming `altid` when given: a client id or user name), oldest first."""
+def events(database_url: str, *, altid: str | None = None, mentioning: str | None = None,
+           tenant: str = "default") -> list[dict[str, Any]]:
+    """The AuditEvents of `tenant`, oldest first: those naming `altid` (a client id or user name) and whose JSON
+    contains the text `mentioning`, when given."""
+    where, params = ["true"], []
+    if altid:
+        where.append("altid @> ARRAY[%s]")
+        params.append(altid)
+    if mentioning:
+        where.append("strpos(body::text, %s) > 0")
+        params.append(mentioning)
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("SELECT set_config('fhirserver.tenant', %s, false)", (tenant,))
-        sql = "SELECT body FROM audit_event" + (" WHERE altid @> ARRAY[%s]" if altid else "") + " ORDER BY seq"
-        return [row[0] for row in conn.execute(sql, (altid,) if altid else ()).fetchall()]
+        sql = f"SELECT body FROM audit_event WHERE {' AND '.join(where)} ORDER BY seq"  # noqa: S608
+        return [row[0] for row in conn.execute(sql, params).fetchall()]
 
 
 def subtype(event: dict[str, Any]) -> str:

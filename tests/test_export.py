@@ -34,6 +34,7 @@ import httpx
 import psycopg
 import pytest
 
+from tests.audit_trail import events, summary
 from tests.conftest import LiveServer, start_server
 from tests.paths import TESTDATA
 
@@ -152,7 +153,8 @@ def db_counts(db: psycopg.Connection, types: list[str] | None = None) -> dict[st
 # --------------------------------------------------------------------------- kick-off, polling, files
 
 
-def test_system_export_holds_exactly_the_database(http: httpx.Client, db: psycopg.Connection) -> None:
+def test_system_export_holds_exactly_the_database(http: httpx.Client, db: psycopg.Connection,
+                                                   database_url: str) -> None:
     kicked = http.get("$export", headers=ASYNC)
     assert kicked.status_code == 202
     assert kicked.headers["content-location"].startswith(exporter_base(http) + "/$export-status/")
@@ -172,6 +174,10 @@ def test_system_export_holds_exactly_the_database(http: httpx.Client, db: psycop
     plain = http.get(item["url"]).content
     zipped = http.get(item["url"], headers={"Accept-Encoding": "gzip"})
     assert zipped.headers["content-encoding"] == "gzip" and zipped.content == plain   # httpx decodes
+    # every file served left an AuditEvent naming it (docs/audit.md)
+    job = kicked.headers["content-location"].rsplit("/", 1)[1]
+    served = events(database_url, mentioning=f"Bulk Data $export file {job}/")
+    assert len(served) == len(manifest["output"]) + 2 and {summary(e) for e in served} == {("operation", "E", "0")}
 
 
 def test_kickoff_parameters_follow_the_ig(http: httpx.Client, synthea: dict[str, set[tuple[str, str]]]) -> None:
