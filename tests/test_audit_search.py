@@ -197,8 +197,9 @@ def marked(http: httpx.Client) -> dict[str, str]:
                          recorded=START + timedelta(days=1, hours=2), altid=mark, address="fe80::1"),
     }
     base = str(http.base_url).rstrip("/")
-    made["d"] = audit_event(entities=(f"{base}/Patient/pc",), agent="Practitioner/doc2", action="D",
-                            outcome="12", recorded=START + timedelta(days=2, seconds=1), altid=mark)
+    made["d"] = audit_event(entities=(f"{base}/Patient/pc", f"{base}/Encounter/e2/_history/4"),
+                            agent="Practitioner/doc2", action="D", outcome="12",
+                            recorded=START + timedelta(days=2, seconds=1), altid=mark)
     return {key: post(http, body)["id"] for key, body in made.items()} | {"mark": mark}
 
 
@@ -209,6 +210,11 @@ def marked(http: httpx.Client) -> dict[str, str]:
     ({"patient:Patient": "pb"}, "b"),
     ({"patient": "Patient/pa,Patient/pb"}, "ab"),
     ({"entity": "Observation/o1"}, "a"),            # the version is not part of the key
+    ({"entity": "Observation/o1/_history/2"}, "a"),  # but can be asked for
+    ({"entity": "Observation/o1/_history/3,Encounter/e1"}, "c"),
+    ({"patient": "Patient/pc/_history/1"}, ""),
+    ({"entity": "Encounter/e2/_history/4"}, "d"),   # absolute in the event
+    ({"entity:Encounter": "e2"}, "d"),
     ({"entity": "e1"}, "c"),
     ({"entity:Encounter": "e1"}, "c"),
     ({"entity": "http://elsewhere.example/fhir/Encounter/e1"}, ""),
@@ -290,7 +296,6 @@ def test_id_sort_total_summary_and_post_search(http: httpx.Client, marked: dict[
     ({"_sort": "date,_id"}, "_sort"),
     ({"date": "2024-13-45"}, "date"),
     ({"date": "xx2024"}, "date"),
-    ({"patient": "Patient/pa/_history/1"}, "patient"),
     ({"patient": "Observation/1"}, "patient"),
     ({"entity": "a/b/c"}, "entity"),
     ({"_count": "-1"}, "_count"),
@@ -487,7 +492,11 @@ def test_a_patient_token_sees_only_its_patients_events(live: LiveServer, minter:
         outcome_of(client.get(f"AuditEvent/{scoped['other']}/_history/1"), 403)
         history = client.get("AuditEvent/_history").json()
         assert all("Patient/pz" in str(e["resource"]) for e in history.get("entry", []))
-        outcome_of(client.post("AuditEvent", json=audit_event(patient="py")), 403)   # no c scope
+        outcome_of(client.post("AuditEvent", json=audit_event(patient="pz")), 403)   # no c scope
+    writer = {"Accept": "application/fhir+json", **minter.headers("patient/AuditEvent.crs", patient="pz")}
+    with httpx.Client(base_url=live.base_url, timeout=30, headers=writer) as client:
+        assert client.post("AuditEvent", json=audit_event(patient="pz", altid=RUN)).status_code == 201
+        outcome_of(client.post("AuditEvent", json=audit_event(patient="py", altid=RUN)), 403)
 
 
 def test_query_restricted_scopes(live: LiveServer, minter: Minter, scoped: dict[str, str]) -> None:

@@ -15,7 +15,7 @@ _DOCUMENTATION = {
     "_lastUpdated": "Searches AuditEvent.recorded, as date does (the trail's time is when an event was recorded)",
     "altid": "agent.altId, matched exactly (case-sensitive)",
     "address": "agent.network.address: case-insensitive prefix, :exact, :contains",
-    "patient": "Patients among entity.what and agent.who; versioned references are refused",
+    "patient": "The Patients among entity.what and agent.who",
 }
 
 

@@ -4,7 +4,8 @@ The clauses come from `search.parse` (so values, prefixes, escapes and reference
 every other search); this module knows which R4 AuditEvent parameter is which column and how it matches:
 
 - references (`patient`, `entity`, `agent`): array overlap with the 'Type/id' keys, so the GIN indexes serve
-  them; a bare id means every target type of the parameter (`patient=1` is `Patient/1`).
+  them; a bare id means every target type of the parameter (`patient=1` is `Patient/1`); `Type/id/_history/v`
+  narrows by the key, then looks for that version among the body's references.
 - tokens on a 'system|code' column (`type`, `subtype`), on a code (`action`, `outcome`: no system, or the
   R4 code system they are bound to), on `altid` (exact values, GIN-indexed), and `_id`; `:not` everywhere.
 - `date` and `_lastUpdated` on `recorded`, an instant: a point, so the R4 prefixes read as comparisons.
@@ -40,6 +41,9 @@ PARAMETERS: dict[str, tuple[str, str, frozenset[str]]] = {
 CODE_SYSTEMS = {"action": "http://hl7.org/fhir/audit-event-action",
                 "outcome": "http://hl7.org/fhir/audit-event-outcome"}
 SORTS = frozenset({"date", "_lastUpdated"})   # both are `recorded`
+# where the body holds the references of each reference column (a versioned search looks there)
+_PATHS = {"entity": ("$.entity[*].what.reference",), "agent": ("$.agent[*].who.reference",),
+          "patient": ("$.entity[*].what.reference", "$.agent[*].who.reference")}
 
 
 Scope = Sequence[Sequence[Clause]]   # OR of ANDs: the ways the caller's access token allows the events
@@ -57,8 +61,10 @@ def _clause(clause: Clause) -> Sql:
     code = clause.param.code
     column, kind, _ = PARAMETERS[code]
     if kind == "reference":
-        keys = sorted({k for v in clause.values for k in _reference_keys(clause, v)})
-        return sql(f"a.{column} && %s::text[]", keys) if keys else sql("FALSE")
+        plain = [v for v in clause.values if not (isinstance(v, ReferenceQuery) and v.version)]
+        keys = sorted({k for v in plain for k in _reference_keys(clause, v)})
+        versioned = [_versioned(column, v) for v in clause.values if isinstance(v, ReferenceQuery) and v.version]
+        return any_of(([sql(f"a.{column} && %s::text[]", keys)] if keys else []) + versioned)
     if kind == "altid":   # one array overlap for all values (GIN); a value with a system matches nothing
         codes = [v.code for v in _tokens(clause) if v.system in (None, "") and v.code is not None]
         found = sql("a.altid && %s::text[]", codes)
@@ -104,11 +110,17 @@ def _reference_keys(clause: Clause, value: Value) -> list[str]:
         raise BadRequest(f"{code}: this kind of reference search is not supported on AuditEvent", expression=code)
     if value.url is not None:
         return []   # the audit columns hold only references to this server's resources
-    if value.version is not None:
-        raise BadRequest(f"{code}: the audit trail is searched by resource, not by version (drop /_history/"
-                         f"{value.version})", expression=code)
     types: Sequence[str] = (value.res_type,) if value.res_type else clause.param.targets or sorted(RESOURCE_TYPES)
     return [f"{t}/{value.res_id}" for t in types]
+
+
+def _versioned(column: str, value: ReferenceQuery) -> Sql:
+    """`Type/id/_history/v`: the column narrows to the resource (GIN), the body's references to the version."""
+    key = f"{value.res_type}/{value.res_id}"
+    target = f"{key}/_history/{value.version}"
+    paths = " UNION ALL ".join(f"SELECT jsonb_path_query(a.body, '{path}') AS r" for path in _PATHS[column])
+    return (sql(f"(a.{column} && %s::text[] AND EXISTS (SELECT 1 FROM ({paths}) x WHERE x.r #>> '{{}}' = %s"
+                " OR x.r #>> '{}' LIKE %s))", [key], target, "%/" + like_prefix(target)))
 
 
 def _instant(expr: str, value: Value, code: str) -> Sql:
