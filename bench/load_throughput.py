@@ -24,6 +24,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -34,11 +35,14 @@ RESULTS = REPO / "bench" / "results"
 
 
 class PeakRSS:
-    """Samples the RSS of a process tree and of PostgreSQL processes on a data directory."""
+    """Samples the RSS of a process tree and of PostgreSQL processes on a data directory, and the CPU time they
+    use (per process, the last sample seen: a process that ends loses at most one sampling interval)."""
 
     def __init__(self, root_pid: int, pgdata: str) -> None:
         self.root, self.pgdata = root_pid, pgdata
         self.peak_app = self.peak_pg = 0
+        self._cpu_app: dict[int, float] = {}
+        self._cpu_pg: dict[int, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -46,12 +50,17 @@ class PeakRSS:
         while not self._stop.is_set():
             try:
                 root = psutil.Process(self.root)
-                tree = [root, *root.children(recursive=True)]
-                app = sum(p.memory_info().rss for p in tree if p.name() != "postgres")
+                tree = [p for p in [root, *root.children(recursive=True)] if p.name() != "postgres"]
+                app = sum(p.memory_info().rss for p in tree)
                 postmasters = [p for p in psutil.process_iter(["name", "cmdline"])
                                if p.info["name"] == "postgres" and self.pgdata in " ".join(p.info["cmdline"] or [])]
-                pg = sum(p.memory_info().rss for m in postmasters for p in [m, *m.children(recursive=True)])
+                backends = [p for m in postmasters for p in [m, *m.children(recursive=True)]]
+                pg = sum(p.memory_info().rss for p in backends)
                 self.peak_app, self.peak_pg = max(self.peak_app, app), max(self.peak_pg, pg)
+                for processes, seen in ((tree, self._cpu_app), (backends, self._cpu_pg)):
+                    for p in processes:
+                        times = p.cpu_times()
+                        seen[p.pid] = times.user + times.system
             except psutil.Error:
                 pass
             time.sleep(0.2)
@@ -63,6 +72,16 @@ class PeakRSS:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+    def cpu_ms_per(self, count: int) -> dict[str, float]:
+        """CPU milliseconds per resource of the server (or loader) and of PostgreSQL: unlike throughput it barely
+        changes when other programs compete for the CPU, so it compares builds on a shared machine."""
+        return {"app": round(sum(self._cpu_app.values()) * 1000 / max(count, 1), 3),
+                "postgres": round(sum(self._cpu_pg.values()) * 1000 / max(count, 1), 3)}
+
+
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
 
 
 def count_resources(files: list[Path]) -> int:
@@ -126,7 +145,8 @@ def bench_http(files: list[Path], concurrency: int, workers: int, data_dir: Path
         with PeakRSS(server.pid, str(data_dir)) as rss:
             seconds = asyncio.run(run())
         ok = sum(counts) if statuses.get(200, 0) == len(bodies) else -1
-        return {"mode": "http-transactions", "authorization": not open_access,
+        return {"mode": "http-transactions", "load_average_after": load_average(),
+                "cpu_ms_per_resource": rss.cpu_ms_per(sum(counts)), "authorization": not open_access,
                 "concurrency": concurrency, "server_workers": workers,
                 "bundles": len(bodies), "resources": ok, "seconds": round(seconds, 2),
                 "resources_per_s": round(ok / seconds, 1), "statuses": statuses,
@@ -148,7 +168,8 @@ def bench_load(files: list[Path], workers: int, data_dir: Path, input_dir: Path)
     with PeakRSS(process.pid, str(data_dir)) as rss:
         out, err = process.communicate()
     seconds = time.perf_counter() - started
-    return {"mode": "fhirserver-load", "workers": workers, "files": len(files), "resources": total,
+    return {"mode": "fhirserver-load", "load_average_after": load_average(),
+            "cpu_ms_per_resource": rss.cpu_ms_per(total), "workers": workers, "files": len(files), "resources": total,
             "seconds": round(seconds, 2), "resources_per_s": round(total / seconds, 1), "exit_code": process.returncode,
             "summary": out.strip().splitlines()[-1] if out.strip() else err[-500:],
             "peak_rss_loader_mb": round(rss.peak_app / 2**20, 1), "peak_rss_postgres_mb": round(rss.peak_pg / 2**20, 1)}
@@ -166,7 +187,8 @@ def main() -> None:
     files = sorted(SYNTHEA.glob("*.json.gz"))
     patients = [f for f in files if not f.name.startswith(("hospital", "practitioner"))]
     chosen = patients[: args.files] if args.files else patients
-    results = {"benchmark": "load_throughput", "cpu_count": os.cpu_count(), "files": len(chosen),
+    results: dict[str, Any] = {"benchmark": "load_throughput", "cpu_count": os.cpu_count(), "files": len(chosen),
+               "load_average_before": load_average(),
                "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                "targets": {"http_resources_per_s": 2000, "load_resources_per_s": 8000}, "runs": []}
     for mode in args.mode.split(","):

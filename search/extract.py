@@ -17,12 +17,13 @@ import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from decimal import Context, Decimal, InvalidOperation
+from functools import lru_cache
 from typing import Any
 
 from resources.outcome import BadRequest
 from resources.types import RESOURCE_TYPES
 from search.dates import date_range
-from search.fhirpath import CHOICE_SUFFIXES, FHIRPathError, Fn, compile_expression
+from search.fhirpath import CHOICE_SUFFIXES, FHIRPathError, Fn, compile_expression, root_members
 from search.registry import Registry, SearchParam, standard_registry
 from search.values import (
     DATE_MAX,
@@ -160,8 +161,12 @@ def _list(value: Any) -> list[Any]:
 
 
 def _range(text: Any) -> tuple[Any, Any] | None:
-    if type(text) is not str:
-        return None
+    return _date_range(text) if type(text) is str else None
+
+
+@lru_cache(maxsize=16384)
+def _date_range(text: str) -> tuple[Any, Any] | None:
+    """Dates recur within a resource and across a load (an Observation's effective and issued times)."""
     try:
         return date_range(text)
     except BadRequest:
@@ -343,13 +348,19 @@ class _Step:
     code: str
     select: Fn
     convert: Callable[[list[Any], Any, Memo], Iterable[IndexValue]]
+    needs: frozenset[str] | None   # root elements, one of which must be present for a match (None: unknown)
 
 
 def _simple_step(param: SearchParam, res_type: str, convert: Converter) -> _Step:
     def run(nodes: list[Any], root: Any, memo: Memo) -> Iterable[IndexValue]:
         for node in nodes:
             yield from _converted(convert, node, memo)
-    return _Step(param.code, compile_expression(param.expression or "", res_type), run)
+    return _step(param, res_type, run)
+
+
+def _step(param: SearchParam, res_type: str, run: Callable[[list[Any], Any, Memo], Iterable[IndexValue]]) -> _Step:
+    expression = param.expression or ""
+    return _Step(param.code, compile_expression(expression, res_type), run, root_members(expression, res_type))
 
 
 def _composite_step(param: SearchParam, res_type: str) -> _Step | None:
@@ -373,7 +384,7 @@ def _composite_step(param: SearchParam, res_type: str) -> _Step | None:
             else:
                 for combination in itertools.product(*choices):
                     yield CompositeValue(tuple(combination))
-    return _Step(param.code, compile_expression(param.expression or "", res_type), run)
+    return _step(param, res_type, run)
 
 
 def _build_plan(registry: Registry, res_type: str) -> list[_Step]:
@@ -405,8 +416,34 @@ def _plan(registry: Registry, res_type: str) -> list[_Step]:
     return plan
 
 
-def extract(resource: dict[str, Any], registry: Registry | None = None) -> list[tuple[str, IndexValue]]:
-    """(parameter code, index value) for every indexed parameter of the resource's type, without duplicates.
+_NAMES: dict[str, frozenset[str]] = {}
+_CAPITAL = re.compile(r"(?=[A-Z])")
+
+
+def _names(key: str) -> frozenset[str]:
+    """The element names a JSON key can stand for: `_birthDate` -> birthDate, birth; `valueQuantity` -> value,
+    valueQuantity (a choice element is `name` + a capitalised type)."""
+    found = _NAMES.get(key)
+    if found is None:
+        bare = key[1:] if key.startswith("_") else key
+        found = frozenset(bare[:m.start()] for m in _CAPITAL.finditer(bare) if m.start()) | {bare}
+        if len(_NAMES) < 65536:
+            _NAMES[key] = found
+    return found
+
+
+def _present(resource: dict[str, Any]) -> set[str]:
+    present: set[str] = set()
+    for key in resource:
+        present |= _names(key)
+    return present
+
+
+def extract(resource: dict[str, Any], registry: Registry | None = None, *,
+            without: frozenset[str] = frozenset()) -> list[tuple[str, IndexValue]]:
+    """(parameter code, index value) for every indexed parameter of the resource's type but those in
+    `without`, without duplicates. Parameters whose paths start at elements the resource lacks are not
+    evaluated.
 
     Not indexed: `_text`, `_content`, `_query` (no expression) and `special` parameters (Location `near`).
     """
@@ -416,7 +453,10 @@ def extract(resource: dict[str, Any], registry: Registry | None = None) -> list[
     found: dict[tuple[str, IndexValue], None] = {}
     memo: Memo = {}
     root = [resource]
+    present = _present(resource)
     for step in _plan(registry if registry is not None else standard_registry(), res_type):
+        if (step.needs is not None and step.needs.isdisjoint(present)) or step.code in without:
+            continue
         try:
             for value in step.convert(step.select(root, resource), resource, memo):
                 found[(step.code, value)] = None

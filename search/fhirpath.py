@@ -1051,6 +1051,55 @@ def compile_expression(expression: str, root_type: str | None = None) -> Fn:
     return compiled
 
 
+# Calls that give nothing for nothing: a path through them starting at an absent element selects nothing.
+_EMPTY_STAYS_EMPTY = frozenset({"where", "as", "ofType", "extension", "resolve", "first", "last", "distinct"})
+
+
+@lru_cache(maxsize=8192)
+def root_members(expression: str, root_type: str) -> frozenset[str] | None:
+    """The elements of a `root_type` resource that every path of `expression` starts from (`code` and
+    `subject` for `Observation.code | Observation.subject.where(resolve() is Patient)`): on a resource
+    holding none of them, in any JSON spelling (`name`, `_name`, choice `nameX`), the expression selects
+    nothing, so the indexer need not evaluate it. None when that cannot be told from the expression (any
+    branch not a path from the resource through calls that keep nothing as nothing, such as `exists()`)."""
+    ast: Ast | None = parse(expression)
+    pruned = _prune(ast, root_type) if ast is not None else None
+    if pruned is None:
+        return frozenset()
+    names: set[str] = set()
+    for branch in _branches(pruned):
+        name = _root_member(branch, root_type)
+        if name is None:
+            return None
+        names.add(name)
+    return frozenset(names)
+
+
+def _branches(ast: Ast) -> list[Ast]:
+    if ast[0] == "binop" and ast[1] == "|":
+        return _branches(ast[2]) + _branches(ast[3])
+    return [ast]
+
+
+def _is_root(ast: Ast | None, root_type: str) -> bool:
+    return ast is not None and ast[0] == "id" and not _is_member(ast) and ast[1] in (root_type, *_ANY_RESOURCE)
+
+
+def _root_member(ast: Ast | None, root_type: str) -> str | None:
+    """The element `name` of `Type.name...` when each step after it gives nothing for nothing; else None."""
+    while ast is not None:
+        kind = ast[0]
+        if kind == "path":
+            if _is_root(ast[1], root_type):
+                return str(ast[2])
+        elif kind == "call" and ast[2] == "extension" and _is_root(ast[1], root_type):
+            return "extension"
+        elif not (kind in ("index", "as") or (kind == "call" and ast[2] in _EMPTY_STAYS_EMPTY)):
+            return None
+        ast = ast[1]
+    return None
+
+
 def evaluate(expression: str, resource: Any) -> list[Any]:
     """Evaluate `expression` on `resource` (parsed FHIR JSON); `%resource` is the resource itself."""
     root_type = resource.get("resourceType") if isinstance(resource, dict) else None

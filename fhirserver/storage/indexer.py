@@ -78,9 +78,7 @@ def _values(resource: dict[str, Any], registry: Registry,
     """(param, grp, value) of every index row. A composite's parts go under `code$N` sharing one grp."""
     groups: dict[str, int] = defaultdict(int)
     res_type = str(resource.get("resourceType", ""))
-    for code, value in extract(resource, registry):
-        if code in RESOURCE_COLUMNS:
-            continue
+    for code, value in extract(resource, registry, without=RESOURCE_COLUMNS):
         if type(value) is TokenValue and value.code and case_insensitive(res_type, code):
             value = replace(value, code=value.code.lower())
         if isinstance(value, CompositeValue):
