@@ -71,9 +71,10 @@ def event(*, type_: dict[str, str], subtype: dict[str, str], action: str, status
           recorded: datetime, entities: list[Entity] = (), patients: list[str] = (),  # type: ignore[assignment]
           description: str | None = None) -> dict[str, Any]:
     """An AuditEvent (R4) for one event. `patients` are Patient ids the event concerns (BALP patient entity)."""
+    instant = format_instant(recorded)
     out: dict[str, Any] = {"resourceType": "AuditEvent", "id": uuid.uuid4().hex,
-                           "meta": {"versionId": "1", "lastUpdated": format_instant(recorded)}, "type": type_,
-                           "subtype": [subtype], "action": action, "recorded": format_instant(recorded),
+                           "meta": {"versionId": "1", "lastUpdated": instant}, "type": type_,
+                           "subtype": [subtype], "action": action, "recorded": instant,
                            "outcome": outcome_code(status)}
     if description or status >= 400:
         out["outcomeDesc"] = (description or f"HTTP {status}")[:1000]

@@ -218,10 +218,26 @@ def test_an_access_that_cannot_be_audited_is_refused(live: LiveServer, minter: M
         assert http.get(f"/Patient/{pid}").status_code == 200
 
 
-def _verify(url: str, *extra: str) -> subprocess.CompletedProcess[str]:
+def _cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL" and not k.startswith("FHIRSERVER_")}
-    return subprocess.run([sys.executable, "-m", "fhirserver.cli", "audit", "verify", "--database-url", url,
-                           "--log-level", "warning", *extra], capture_output=True, text=True, env=env, timeout=120)
+    return subprocess.run([sys.executable, "-m", "fhirserver.cli", *args, "--database-url", url,
+                           "--log-level", "warning"], capture_output=True, text=True, env=env, timeout=120)
+
+
+def _verify(url: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    return _cli(url, "audit", "verify", *extra)
+
+
+def test_each_tenant_has_its_own_trail_and_chain(live: LiveServer, minter: Minter, audited_db: str) -> None:
+    assert _cli(audited_db, "tenants", "add", "clinic").returncode == 0
+    base = live.base_url.removesuffix("/fhir") + "/t/clinic/fhir"
+    client_id = "audit-tenant-" + uuid.uuid4().hex[:8]
+    token = minter.token("system/*.*", audience=base, client_id=client_id, subject=client_id)
+    assert httpx.get(f"{base}/Patient", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    assert [summary(e) for e in events(audited_db, altid=client_id, tenant="clinic")] == [("search-type", "E", "0")]
+    assert events(audited_db, altid=client_id) == []   # not in the default tenant's trail
+    done = _verify(audited_db, "--tenant", "clinic")
+    assert done.returncode == 0 and "'clinic' verified: 1 events" in done.stdout, done.stdout + done.stderr
 
 
 def test_chain_links_everything_and_verify_finds_tampering(live: LiveServer, minter: Minter, audited_db: str) -> None:
@@ -231,12 +247,14 @@ def test_chain_links_everything_and_verify_finds_tampering(live: LiveServer, min
             assert http.get("/metadata").status_code == 200
     total = _count(audited_db, "SELECT count(*) FROM audit_event")
     deadline = time.monotonic() + 20   # the server links committed events by itself, every 0.2 s here
-    while _count(audited_db, "SELECT position FROM audit_chain_head") < total and time.monotonic() < deadline:
+    head = "SELECT position FROM audit_chain_head WHERE tenant_id = 'default'"
+    while _count(audited_db, head) < total and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert _count(audited_db, "SELECT position FROM audit_chain_head") >= total
+    assert _count(audited_db, head) >= total
     done = _verify(audited_db)
     assert done.returncode == 0 and "verified" in done.stdout, done.stdout + done.stderr
-    seq = _count(audited_db, "SELECT seq FROM audit_link ORDER BY position OFFSET 3 LIMIT 1")
+    seq = _count(audited_db, "SELECT seq FROM audit_link WHERE tenant_id = 'default'"
+                                " ORDER BY position OFFSET 3 LIMIT 1")
     with psycopg.connect(audited_db, autocommit=True) as owner:   # behind the server's back, triggers off
         owner.execute("SET session_replication_role = replica")
         owner.execute("UPDATE fhirserver_index.audit_event SET outcome = '12' WHERE seq = %s", (seq,))
@@ -252,6 +270,6 @@ def test_chain_links_everything_and_verify_finds_tampering(live: LiveServer, min
         owner.execute("DELETE FROM fhirserver_index.audit_event WHERE seq = %s", (seq,))
         missing = _verify(audited_db)
         assert missing.returncode == 1 and f"audit event #{seq} is missing" in missing.stderr
-        last = _count(audited_db, "SELECT max(position) FROM audit_link")
-        owner.execute("DELETE FROM audit_link WHERE position = %s", (last,))
+        last = _count(audited_db, "SELECT max(position) FROM audit_link WHERE tenant_id = 'default'")
+        owner.execute("DELETE FROM audit_link WHERE tenant_id = 'default' AND position = %s", (last,))
         assert "link 4" in _verify(audited_db).stderr   # still the first problem reported
