@@ -154,6 +154,8 @@ def test_create_read_vread_and_instance_history(http: httpx.Client) -> None:
     entry = history["entry"][0]
     assert entry["resource"] == created and entry["request"] == {"method": "POST", "url": "AuditEvent"}
     assert entry["response"]["status"] == "201 Created" and entry["response"]["etag"] == 'W/"1"'
+    assert len(http.get(f"AuditEvent/{event_id}/_history", params={"_since": "2024-03"}).json()["entry"]) == 1
+    assert "entry" not in http.get(f"AuditEvent/{event_id}/_history", params={"_since": "2024-04"}).json()
 
 
 def test_invalid_audit_events_are_refused(http: httpx.Client) -> None:

@@ -21,7 +21,7 @@ from fhirserver.storage.repository import Version, WriteResult
 from resources.meta import check_id, new_id, stamp
 from resources.outcome import BadRequest, Forbidden, InvalidResource, MethodNotAllowed, NotFound
 from search.dates import parse_instant
-from search.query import Clause, DateQuery
+from search.query import Clause, DateQuery, TokenQuery, Value
 
 TYPE = audit_query.TYPE
 APPEND_ONLY = "The audit trail is append-only: AuditEvents cannot be updated, patched or deleted"
@@ -140,46 +140,43 @@ def _paging_links(base: str, params: list[tuple[str, str]], page: Page) -> list[
 # ---- history --------------------------------------------------------------------------------------------
 
 async def history_instance(ctx: Context, request: Request, res_type: str, res_id: str) -> Response:
-    _history_parameters(request, instance_level=True)
-    event = await _readable(ctx, res_id)
-    bundle = {"resourceType": "Bundle", "type": "history", "total": 1,
-              "link": [{"relation": "self", "url": ctx.url(TYPE, res_id, "_history")}],
-              "entry": [history._entry(ctx, request, _version(event))]}
-    return Response(200, bundle, {})
+    await _readable(ctx, res_id)
+    return await _history(ctx, request, (TYPE, res_id, "_history"), [_criterion(ctx, "_id", TokenQuery(None, res_id))])
 
 
 async def history_type(ctx: Context, request: Request, res_type: str) -> Response:
-    _history_parameters(request, instance_level=False)
-    allowed: Scope | None = audit_query.scope(ctx, "r")
+    return await _history(ctx, request, (TYPE, "_history"), [], audit_query.scope(ctx, "r"))
+
+
+def _criterion(ctx: Context, code: str, value: Value) -> Clause:
+    param = ctx.registry.get(TYPE, code)
+    assert param is not None, code
+    return Clause(param, None, (value,))
+
+
+async def _history(ctx: Context, request: Request, path: tuple[str, ...], clauses: list[Clause],
+                   allowed: Scope | None = None) -> Response:
+    """A history Bundle, newest first: every AuditEvent is its one version, created when it was recorded."""
+    for name, _ in request.query:
+        if name == "_at":   # the trail only grows: `_since` and paging say it all
+            raise BadRequest("_at is not supported in AuditEvent history", expression=name)
+        if name not in _HISTORY_PARAMETERS and "handling=strict" in (request.header("prefer") or ""):
+            raise BadRequest(f"Unknown history parameter {name!r}", expression=name)
     since = request.param("_since")
-    clauses: list[Clause] = []
     if since:
         moment = parse_instant(since, param="_since")
-        date = ctx.registry.get(TYPE, "date")
-        assert date is not None
-        clauses.append(Clause(date, None, (DateQuery("ge", moment, moment),)))
+        clauses = [*clauses, _criterion(ctx, "date", DateQuery("ge", moment, moment))]
     count = history._count(ctx, request)
     cursor = request.param("_cursor")
     page = await _store(ctx).page(clauses, max(count, 1), cursor=cursor, scope=allowed)
-    events = page.events if count else []
     keep = [(k, v) for k, v in request.query if k in _HISTORY_PARAMETERS and k != "_cursor"]
-    base = ctx.url(TYPE, "_history")
+    base = ctx.url(*path)
     links = [{"relation": "self", "url": searching._link(base, [*keep, *([("_cursor", cursor)] if cursor else [])])}]
     links += _paging_links(base, keep, page)
     bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "history", "link": links}
-    if events:
-        bundle["entry"] = [history._entry(ctx, request, _version(e)) for e in events]
+    if page.events and count:
+        bundle["entry"] = [history._entry(ctx, request, _version(e)) for e in page.events]
     return Response(200, bundle, {})
-
-
-def _history_parameters(request: Request, *, instance_level: bool) -> None:
-    """`_at` is refused (the trail only grows: `_since` and paging say it all); others are ignored unless the
-    client asks for strict handling, as in every history."""
-    for name, _ in request.query:
-        if name == "_at" or (instance_level and name in ("_since", "_cursor")):
-            raise BadRequest(f"{name} is not supported in AuditEvent history", expression=name)
-        if name not in _HISTORY_PARAMETERS and "handling=strict" in (request.header("prefer") or ""):
-            raise BadRequest(f"Unknown history parameter {name!r}", expression=name)
 
 
 # path shape -> {method: handler}, as fhirserver.rest.router.ROUTES; these take precedence for AuditEvent.
