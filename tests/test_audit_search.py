@@ -568,8 +568,6 @@ def test_audit_events_in_batches_and_transactions(http: httpx.Client) -> None:
     outcome_of(http.post("", json=_bundle("transaction", (found["entry"][0]["resource"], update), patient)), 405)
 
 
-@pytest.mark.xfail(strict=True, reason="rest/bulk_plan.plan writes transactions of plain AuditEvent creates and "
-                                       "updates into the resource tables (the lead excludes AuditEvent there)")
 def test_set_based_transactions_store_audit_events_in_the_trail(http: httpx.Client) -> None:
     mark = f"{RUN}-set-based"
     response = http.post("", json=_bundle("transaction", (audit_event(altid=mark),
@@ -613,7 +611,6 @@ def test_capability_entry_lists_exactly_what_the_trail_serves() -> None:
     assert {"update", "delete"} <= {i["code"] for i in generic["interaction"]}
 
 
-@pytest.mark.xfail(strict=True, reason="capabilities.statement does not apply audit_capability yet (the lead)")
 def test_metadata_lists_the_audit_event_entry(http: httpx.Client) -> None:
     entry = _audit_entry(http.get("metadata").json())
     assert "update" not in {i["code"] for i in entry["interaction"]}

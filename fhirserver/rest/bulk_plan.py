@@ -28,12 +28,15 @@ class _NotBulk(Exception):
 _URN = re.compile(r"urn:(?:uuid|oid):[A-Za-z0-9.\-]+")
 
 
+_OWN_PATH = ("SearchParameter", "AuditEvent")   # types whose writes go through their own handlers
+
+
 def plan(bundle: dict[str, Any], validated: bool) -> list[BulkWrite] | None:
     """A transaction Bundle of plain creates and updates as set-based writes, with what the transaction
     path does first done here the same way: validation, ids for creates, fullUrl -> `Type/id` rewriting.
     None when the Bundle needs the regular path: batches, conditional, delete, patch or read entries,
-    SearchParameters (they change the registry), conditional references, and anything the regular path
-    rejects (so that it reports the error in its own words)."""
+    SearchParameters (they change the registry), AuditEvents (the audit trail), conditional references, and
+    anything the regular path rejects (so that it reports the error in its own words)."""
     entries = bundle.get("entry")
     if bundle.get("type") != "transaction" or not isinstance(entries, list) or len(entries) > MAX_ENTRIES:
         return None
@@ -49,7 +52,7 @@ def plan(bundle: dict[str, Any], validated: bool) -> list[BulkWrite] | None:
         if not isinstance(request, dict) or not isinstance(resource, dict) or request.keys() - {"method", "url"}:
             return None
         method, url, res_type = request.get("method"), request.get("url"), resource.get("resourceType")
-        if not isinstance(url, str) or not isinstance(res_type, str) or res_type == "SearchParameter" \
+        if not isinstance(url, str) or not isinstance(res_type, str) or res_type in _OWN_PATH \
                 or not is_resource_type(res_type) or "?" in url or "://" in url:
             return None
         path = url.strip("/")

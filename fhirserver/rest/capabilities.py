@@ -5,6 +5,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from conformance.capability import build_capability_statement
+from fhirserver.rest import audit_capability
 from fhirserver.rest import negotiation as neg
 from fhirserver.rest.context import Context
 from fhirserver.rest.http import Request, Response
@@ -73,7 +74,7 @@ def statement(base_url: str, registry: Registry, uris: dict[str, str] | None = N
     )
     if uris is not None:
         built["rest"][0]["security"] = security(uris)
-    return built
+    return audit_capability.apply(built)   # the audit trail serves less than other types
 
 
 async def metadata(ctx: Context, request: Request) -> Response:
