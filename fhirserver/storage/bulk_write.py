@@ -41,10 +41,11 @@ class BulkWrite:
 _LOCK = ("SELECT res_type, res_id, version, last_updated, body, txid FROM resource WHERE (res_type, res_id) IN"
          " (SELECT * FROM unnest(%s::text[], %s::text[])) ORDER BY res_type, res_id FOR UPDATE")
 _HISTORY = ("resource_history", "txid, res_type, res_id, version, last_updated, method, body")
-_CURRENT = ("resource", "res_type, res_id, version, last_updated, txid, deleted, body")
-_REPLACE = """INSERT INTO resource (res_type, res_id, version, last_updated, txid, deleted, body)
-    SELECT res_type, res_id, version, last_updated, txid, false, body FROM resource_history WHERE txid = ANY(%s)
-    ON CONFLICT (res_type, res_id, tenant_id) DO UPDATE SET version = excluded.version,
+# current rows are copied from the staged history rows: each body is sent and parsed into jsonb once
+_CURRENT = f"""INSERT INTO resource (res_type, res_id, version, last_updated, txid, deleted, body)
+    SELECT res_type, res_id, version, last_updated, txid, false, body FROM stage_{_HISTORY[0]}
+    WHERE txid = ANY(%s)"""  # noqa: S608
+_REPLACE = _CURRENT + """ ON CONFLICT (res_type, res_id, tenant_id) DO UPDATE SET version = excluded.version,
         last_updated = excluded.last_updated, txid = excluded.txid, deleted = excluded.deleted, body = excluded.body"""
 _COPY_INDEX = {table: (table.name, f"res_type, res_id, param, grp, {', '.join(table.columns)}")
                for table in TABLES.values()}
@@ -132,20 +133,17 @@ def _prior(found: tuple[Any, ...] | None) -> dict[str, Any] | None:
 
 async def _store(cur: psycopg.AsyncCursor[tuple[Any, ...]], registry: Registry, rows: list[_Row], txids: list[int],
                  local_base: str | None) -> None:
-    """COPY the new versions, their current rows and index rows; replace current rows that existed."""
+    """COPY the new versions and their index rows; insert their current rows from the copied versions, replacing
+    those that existed."""
     ordered = sorted(zip(txids, rows, strict=True), key=lambda pair: (pair[1].res_type, pair[1].res_id))
     await _copy_in(cur, *_HISTORY, b"".join(
             b"%d\t%s\t%s\t%d\t%s\t%s\t%s\n" % (txid, _text(r.res_type), _text(r.res_id), r.version,
                                                format_instant(r.last_updated).encode(), r.method.encode(),
                                                r.body.replace(b"\\", b"\\\\"))
         for txid, r in ordered))
-    fresh = [(txid, r) for txid, r in ordered if not r.replaces]
+    fresh = [txid for txid, r in ordered if not r.replaces]
     if fresh:
-        await _copy_in(cur, *_CURRENT, b"".join(
-                b"%s\t%s\t%d\t%s\t%d\tf\t%s\n" % (_text(r.res_type), _text(r.res_id), r.version,
-                                                  format_instant(r.last_updated).encode(), txid,
-                                                  r.body.replace(b"\\", b"\\\\"))
-            for txid, r in fresh))
+        await cur.execute(_CURRENT, (fresh,))
     replaced = [(txid, r) for txid, r in ordered if r.replaces]
     if replaced:
         await cur.execute(_REPLACE, ([txid for txid, _ in replaced],))
@@ -175,8 +173,9 @@ async def _store(cur: psycopg.AsyncCursor[tuple[Any, ...]], registry: Registry, 
 
 
 async def _copy_in(cur: psycopg.AsyncCursor[Any], table: str, columns: str, data: bytes) -> None:
-    """COPY FROM refuses tables under row-level security: copy into a staging table of this session (the same
-    columns, emptied at commit), then insert from it, where the tenant policy checks every row."""
+    """COPY FROM refuses tables under row-level security: copy into a staging table `stage_{table}` of this
+    session (the same columns, emptied at commit), then insert from it, where the tenant policy checks every
+    row."""
     stage = f"stage_{table}"
     await cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {stage} ON COMMIT DELETE ROWS AS"  # noqa: S608
                       f" SELECT {columns} FROM {table} WITH NO DATA")
