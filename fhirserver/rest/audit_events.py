@@ -60,14 +60,14 @@ async def _readable(ctx: Context, event_id: str) -> Event:
 
 async def read(ctx: Context, request: Request, res_type: str, res_id: str) -> Response:
     event = await _readable(ctx, res_id)
-    return instance._respond_with_version(ctx, request, _version(event), f"{TYPE}/{res_id}")
+    return instance.respond_with_version(ctx, request, _version(event), f"{TYPE}/{res_id}")
 
 
 async def vread(ctx: Context, request: Request, res_type: str, res_id: str, vid: str) -> Response:
     event = await _readable(ctx, res_id)
     if vid != "1":
         raise NotFound(f"Version {vid[:40]!r} of {TYPE}/{res_id} does not exist (AuditEvents have only version 1)")
-    return instance._respond_with_version(ctx, request, _version(event), f"{TYPE}/{res_id}/_history/1")
+    return instance.respond_with_version(ctx, request, _version(event), f"{TYPE}/{res_id}/_history/1")
 
 
 async def create(ctx: Context, request: Request, res_type: str) -> Response:
@@ -75,7 +75,7 @@ async def create(ctx: Context, request: Request, res_type: str) -> Response:
     if request.header("if-none-exist"):
         raise MethodNotAllowed("Conditional create is not supported for AuditEvent: the audit trail is "
                                "append-only and keeps every event reported", headers={"Allow": "GET, POST"})
-    resource = instance._incoming(ctx, request, TYPE, ignore_id=True)
+    resource = instance.incoming(ctx, request, TYPE, ignore_id=True)
     if "recorded" not in resource:   # a required primitive: the structural validation checks complex ones only
         raise InvalidResource("AuditEvent.recorded is required (1..1)", expression="AuditEvent.recorded")
     access.check_content(ctx, resource, "c")
@@ -105,19 +105,19 @@ async def search_compartment(ctx: Context, request: Request, comp_type: str, com
 
 
 async def _search(ctx: Context, request: Request, path: str, compartment: tuple[str, str] | None) -> Response:
-    parsed = audit_query.audit_query(ctx, searching._params(request), request, compartment)
+    parsed = audit_query.audit_query(ctx, searching.request_params(request), request, compartment)
     query, clauses = parsed.query, audit_query.clauses_of(parsed.query)
     count = ctx.default_page_size if query.count is None else query.count
     store = _store(ctx)
     base = ctx.url(path)
     bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
-    links = [{"relation": "self", "url": searching._link(base, query.self_params)}]
+    links = [{"relation": "self", "url": searching.page_link(base, query.self_params)}]
     entries: list[dict[str, Any]] = []
     summary_count = query.summary == "count" or count == 0
     if not summary_count:
         page = await store.page(clauses, count, ascending=parsed.ascending, cursor=query.cursor, scope=parsed.scope)
         links += _paging_links(base, [(k, v) for k, v in query.self_params if k != "_cursor"], page)
-        entries = [searching._entry(ctx, _version(e), "match", query) for e in page.events]
+        entries = [searching.search_entry(ctx, _version(e), "match", query) for e in page.events]
         if query.total in (None, "accurate", "estimate") and not query.cursor and page.next_cursor is None:
             bundle["total"] = len(entries)
     if "total" not in bundle and (summary_count or query.total in ("accurate", "estimate")
@@ -133,7 +133,7 @@ def _paging_links(base: str, params: list[tuple[str, str]], page: Page) -> list[
     links = []
     for relation, cursor in (("next", page.next_cursor), ("previous", page.previous_cursor)):
         if cursor:
-            links.append({"relation": relation, "url": searching._link(base, [*params, ("_cursor", cursor)])})
+            links.append({"relation": relation, "url": searching.page_link(base, [*params, ("_cursor", cursor)])})
     return links
 
 
@@ -166,16 +166,17 @@ async def _history(ctx: Context, request: Request, path: tuple[str, ...], clause
     if since:
         moment = parse_instant(since, param="_since")
         clauses = [*clauses, _criterion(ctx, "date", DateQuery("ge", moment, moment))]
-    count = history._count(ctx, request)
+    count = history.page_count(ctx, request)
     cursor = request.param("_cursor")
     page = await _store(ctx).page(clauses, max(count, 1), cursor=cursor, scope=allowed)
     keep = [(k, v) for k, v in request.query if k in _HISTORY_PARAMETERS and k != "_cursor"]
     base = ctx.url(*path)
-    links = [{"relation": "self", "url": searching._link(base, [*keep, *([("_cursor", cursor)] if cursor else [])])}]
+    here = [*keep, *([("_cursor", cursor)] if cursor else [])]
+    links = [{"relation": "self", "url": searching.page_link(base, here)}]
     links += _paging_links(base, keep, page)
     bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "history", "link": links}
     if page.events and count:
-        bundle["entry"] = [history._entry(ctx, request, _version(e)) for e in page.events]
+        bundle["entry"] = [history.history_entry(ctx, request, _version(e)) for e in page.events]
     return Response(200, bundle, {})
 
 

@@ -34,7 +34,7 @@ def _parse_cursor(value: str) -> tuple[str, int]:
         raise BadRequest("_cursor is not a cursor this server issued", expression="_cursor") from exc
 
 
-def _count(ctx: Context, request: Request) -> int:
+def page_count(ctx: Context, request: Request) -> int:
     raw = request.param("_count")
     if raw is None:
         return ctx.default_page_size
@@ -57,7 +57,7 @@ async def history(ctx: Context, request: Request, res_type: str | None = None, r
         res_type=res_type, res_id=res_id,
         since=parse_instant(since, param="_since") if since else None,
         at=date_range(at, param="_at") if at else None,
-        count=max(_count(ctx, request), 1),
+        count=max(page_count(ctx, request), 1),
         before_txid=txid if direction == "b" else None,
         after_txid=txid if direction == "a" else None,
     )
@@ -65,7 +65,7 @@ async def history(ctx: Context, request: Request, res_type: str | None = None, r
     if not ctx.access.everything:   # only versions the caller may see; deleted ones are not provably theirs
         shown = {id(r) for r in await access.visible(ctx, [v.resource for v in page.versions if v.resource], "r")}
         page = type(page)([v for v in page.versions if id(v.resource) in shown], page.has_older, page.has_newer)
-    if _count(ctx, request) == 0:
+    if page_count(ctx, request) == 0:
         page = type(page)([], page.has_older or bool(page.versions), page.has_newer)
     bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "history"}
     path = "/".join(p for p in (res_type, res_id, "_history") if p)
@@ -81,13 +81,13 @@ async def history(ctx: Context, request: Request, res_type: str | None = None, r
     if page.versions and page.has_older:
         links.append(link("next", _cursor("b", page.versions[-1].txid)))
     bundle["link"] = links
-    bundle["entry"] = [_entry(ctx, request, v) for v in page.versions]
+    bundle["entry"] = [history_entry(ctx, request, v) for v in page.versions]
     if not bundle["entry"]:
         del bundle["entry"]
     return Response(200, bundle, {})
 
 
-def _entry(ctx: Context, request: Request, version: Version) -> dict[str, Any]:
+def history_entry(ctx: Context, request: Request, version: Version) -> dict[str, Any]:
     full_url = ctx.url(version.res_type, version.res_id)
     entry: dict[str, Any] = {"fullUrl": full_url}
     if version.resource is not None:

@@ -24,7 +24,7 @@ def _version_headers(ctx: Context, version: Version) -> dict[str, str]:
     return {"ETag": neg.etag(version.version), "Last-Modified": neg.http_date(version.last_updated)}
 
 
-def _incoming(ctx: Context, request: Request, res_type: str, *, ignore_id: bool = False) -> dict[str, Any]:
+def incoming(ctx: Context, request: Request, res_type: str, *, ignore_id: bool = False) -> dict[str, Any]:
     """Parse and structurally validate a request body that must be a `res_type` resource.
     A create ignores any id in the body (R4 http.html#create), so it is dropped before validation."""
     neg.check_body_type(request)
@@ -63,7 +63,7 @@ def written(ctx: Context, request: Request, result: WriteResult, message: str) -
 
 async def create(ctx: Context, request: Request, res_type: str) -> Response:
     access.require(ctx, res_type, "c")
-    resource = _incoming(ctx, request, res_type, ignore_id=True)
+    resource = incoming(ctx, request, res_type, ignore_id=True)
     access.check_content(ctx, resource, "c")
     condition = request.header("if-none-exist")
     criteria = parse_criteria(ctx, res_type, condition, "c") if condition else None
@@ -79,7 +79,7 @@ async def read(ctx: Context, request: Request, res_type: str, res_id: str) -> Re
     access.require(ctx, res_type, "r")
     version = await ctx.repository.read(res_type, res_id)
     await access.check_stored(ctx, version.resource if version else None, "r")
-    return _respond_with_version(ctx, request, version, f"{res_type}/{res_id}")
+    return respond_with_version(ctx, request, version, f"{res_type}/{res_id}")
 
 
 async def vread(ctx: Context, request: Request, res_type: str, res_id: str, vid: str) -> Response:
@@ -89,10 +89,10 @@ async def vread(ctx: Context, request: Request, res_type: str, res_id: str, vid:
     access.require(ctx, res_type, "r")
     version = await ctx.repository.vread(res_type, res_id, int(vid))
     await access.check_stored(ctx, version.resource if version else None, "r")
-    return _respond_with_version(ctx, request, version, f"{res_type}/{res_id}/_history/{vid}")
+    return respond_with_version(ctx, request, version, f"{res_type}/{res_id}/_history/{vid}")
 
 
-def _respond_with_version(ctx: Context, request: Request, version: Version | None, label: str) -> Response:
+def respond_with_version(ctx: Context, request: Request, version: Version | None, label: str) -> Response:
     if version is None:
         raise NotFound(f"{label} is not known")
     headers = _version_headers(ctx, version)
@@ -115,7 +115,7 @@ def _replacing(ctx: Context, resource: dict[str, Any]) -> Any:
 async def update(ctx: Context, request: Request, res_type: str, res_id: str) -> Response:
     check_id(res_id)
     access.require(ctx, res_type, "u")
-    resource = _incoming(ctx, request, res_type)
+    resource = incoming(ctx, request, res_type)
     access.check_content(ctx, resource, "u")
     body_id = resource.get("id")
     if body_id is None:
@@ -129,7 +129,7 @@ async def update(ctx: Context, request: Request, res_type: str, res_id: str) -> 
 
 async def conditional_update(ctx: Context, request: Request, res_type: str) -> Response:
     access.require(ctx, res_type, "u")
-    resource = _incoming(ctx, request, res_type)
+    resource = incoming(ctx, request, res_type)
     access.check_content(ctx, resource, "u")
     criteria = parse_criteria(ctx, res_type, request.query_string, "u")
     body_id = resource.get("id")

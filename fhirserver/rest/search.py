@@ -21,7 +21,7 @@ from search.query import SearchQuery
 _FORM = "application/x-www-form-urlencoded"
 
 
-def _params(request: Request) -> list[tuple[str, str]]:
+def request_params(request: Request) -> list[tuple[str, str]]:
     """URL parameters, plus the form body of a POST `_search`."""
     params = list(request.query)
     if request.method == "POST":
@@ -109,7 +109,7 @@ def _confined(ctx: Context, params: list[tuple[str, str]], res_types: tuple[str,
 
 async def _search(ctx: Context, request: Request, res_type: str | None, types: tuple[str, ...], path: str,
                   compartment: tuple[str, str] | None = None) -> Response:
-    params = _params(request)
+    params = request_params(request)
     query = parse_search(params, res_type=res_type, registry=ctx.registry, base_url=ctx.base_url,
                          strict=_strict(request), max_count=ctx.max_page_size, compartment=compartment)
     res_types = query.res_types if query.res_types and not compartment else types
@@ -124,20 +124,20 @@ async def _search(ctx: Context, request: Request, res_type: str | None, types: t
     summary_count = query.summary == "count" or count == 0
     base = ctx.url(path) if path else ctx.base_url
     bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
-    links = [{"relation": "self", "url": _link(base, query.self_params)}]
+    links = [{"relation": "self", "url": page_link(base, query.self_params)}]
     entries: list[dict[str, Any]] = []
     if not summary_count:
         matches, next_cursor, prev_cursor = await ctx.searches.page(query, res_types, count, query.cursor)
         plain = [(k, v) for k, v in query.self_params if k != "_cursor"]
         if next_cursor:
-            links.append({"relation": "next", "url": _link(base, [*plain, ("_cursor", next_cursor)])})
+            links.append({"relation": "next", "url": page_link(base, [*plain, ("_cursor", next_cursor)])})
         if prev_cursor:
-            links.append({"relation": "previous", "url": _link(base, [*plain, ("_cursor", prev_cursor)])})
-        entries = [_entry(ctx, v, "match", query) for v in matches]
+            links.append({"relation": "previous", "url": page_link(base, [*plain, ("_cursor", prev_cursor)])})
+        entries = [search_entry(ctx, v, "match", query) for v in matches]
         if query.includes or query.revincludes:
             included = await ctx.searches.included(matches, query)
             shown = {id(r) for r in await access.visible(ctx, [v.resource for v in included if v.resource])}
-            entries += [_entry(ctx, v, "include", query) for v in included if id(v.resource) in shown]
+            entries += [search_entry(ctx, v, "include", query) for v in included if id(v.resource) in shown]
         if query.total in (None, "accurate") and not query.cursor and next_cursor is None:
             bundle["total"] = len(matches)
     if "total" not in bundle and (summary_count or query.total in ("accurate", "estimate")
@@ -149,11 +149,11 @@ async def _search(ctx: Context, request: Request, res_type: str | None, types: t
     return Response(200, bundle, {})
 
 
-def _link(base: str, params: Any) -> str:
+def page_link(base: str, params: Any) -> str:
     return base + ("?" + urlencode(list(params)) if params else "")
 
 
-def _entry(ctx: Context, version: Version, mode: str, query: SearchQuery) -> dict[str, Any]:
+def search_entry(ctx: Context, version: Version, mode: str, query: SearchQuery) -> dict[str, Any]:
     resource = version.resource
     assert resource is not None
     if mode == "include":
