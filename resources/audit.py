@@ -159,7 +159,7 @@ class Columns:
     type: str
     subtype: list[str] = field(default_factory=list)
     action: str | None = None
-    outcome: str = "0"
+    outcome: str | None = None
     patient: list[str] = field(default_factory=list)
     entity: list[str] = field(default_factory=list)
     agent: list[str] = field(default_factory=list)
@@ -171,12 +171,22 @@ class Columns:
         return {**self.__dict__, "body": body}
 
 
-def local_reference(value: Any) -> str | None:
-    """'Type/id' of a reference to a resource (relative or absolute, any version), else None."""
+def local_reference(value: Any, local_base: str | None = None) -> str | None:
+    """'Type/id' of a reference to a resource of this server (relative, or absolute under `local_base`), any
+    version; another server's absolute reference whole but without its version; else None."""
     if not isinstance(value, str):
         return None
     match = _REFERENCE.fullmatch(value)
-    return f"{match.group(1)}/{match.group(2)}" if match else None
+    if not match:
+        return None
+    if "://" in value and not (local_base and value.startswith(local_base.rstrip("/") + "/")):
+        return value.split("/_history/", 1)[0]
+    return f"{match.group(1)}/{match.group(2)}"
+
+
+def _is_patient(reference: str) -> bool:
+    match = _REFERENCE.fullmatch(reference)
+    return match is not None and match.group(1) == "Patient"
 
 
 def _coding(value: Any) -> str:
@@ -185,29 +195,31 @@ def _coding(value: Any) -> str:
     return f"{value.get('system') or ''}|{value.get('code') or ''}"
 
 
-def _references(items: Any, key: str) -> list[str]:
+def _references(items: Any, key: str, local_base: str | None) -> list[str]:
     found = []
     for item in items if isinstance(items, list) else []:
         target = item.get(key) if isinstance(item, dict) else None
-        ref = local_reference(target.get("reference")) if isinstance(target, dict) else None
+        ref = local_reference(target.get("reference"), local_base) if isinstance(target, dict) else None
         if ref:
             found.append(ref)
     return list(dict.fromkeys(found))
 
 
-def columns(audit_event: dict[str, Any]) -> Columns:
+def columns(audit_event: dict[str, Any], local_base: str | None = None) -> Columns:
     """The search columns of a (valid) AuditEvent: R4 AuditEvent search parameters patient, entity, agent,
-    altid, address, date (recorded), type, subtype, action, outcome."""
+    altid, address, date (recorded), type, subtype, action, outcome. References under `local_base` (this
+    server's base URL) count as local ones."""
     found = audit_event.get("agent")
     agents: list[Any] = found if isinstance(found, list) else []
-    entity = _references(audit_event.get("entity"), "what")
-    agent = _references(agents, "who")
+    entity = _references(audit_event.get("entity"), "what", local_base)
+    agent = _references(agents, "who", local_base)
     return Columns(
         id=str(audit_event["id"]), recorded=str(audit_event["recorded"]), type=_coding(audit_event.get("type")),
         subtype=[_coding(s) for s in audit_event.get("subtype") or []],
-        action=audit_event.get("action"), outcome=str(audit_event.get("outcome") or "0"),
-        patient=[r for r in dict.fromkeys(entity + agent) if r.startswith("Patient/")],
+        action=audit_event.get("action"),
+        outcome=str(audit_event["outcome"]) if audit_event.get("outcome") is not None else None,
+        patient=[r for r in dict.fromkeys(entity + agent) if _is_patient(r)],
         entity=entity, agent=agent,
-        altid=[a["altId"] for a in agents if isinstance(a, dict) and isinstance(a.get("altId"), str)],
+        altid=[a["altId"].lower() for a in agents if isinstance(a, dict) and isinstance(a.get("altId"), str)],
         address=[a["network"]["address"] for a in agents if isinstance(a, dict) and isinstance(a.get("network"), dict)
                  and isinstance(a["network"].get("address"), str)])

@@ -614,3 +614,12 @@ def test_capability_entry_lists_exactly_what_the_trail_serves() -> None:
 def test_metadata_lists_the_audit_event_entry(http: httpx.Client) -> None:
     entry = _audit_entry(http.get("metadata").json())
     assert "update" not in {i["code"] for i in entry["interaction"]}
+
+
+def test_references_to_other_servers_stay_apart(http: httpx.Client) -> None:
+    mark = f"{RUN}-other-server"
+    other = "http://other.example/fhir/Patient/pc"
+    made = post(http, audit_event(entities=(f"{other}/_history/2",), altid=mark))
+    assert ids(search(http, {"patient": "pc", "altid": mark})) == []            # not this server's Patient/pc
+    assert ids(search(http, {"entity": other, "altid": mark})) == [made["id"]]
+    assert ids(search(http, {"patient": other, "altid": mark.upper()})) == [made["id"]]   # altid: any case

@@ -13,7 +13,7 @@ INTERACTIONS = ("read", "vread", "history-instance", "history-type", "create", "
 _DOCUMENTATION = {
     "date": "When the event was recorded (AuditEvent.recorded)",
     "_lastUpdated": "Searches AuditEvent.recorded, as date does (the trail's time is when an event was recorded)",
-    "altid": "agent.altId, matched exactly (case-sensitive)",
+    "altid": "agent.altId, matched case-insensitively",
     "address": "agent.network.address: case-insensitive prefix, :exact, :contains",
     "patient": "The Patients among entity.what and agent.who",
 }

@@ -81,7 +81,7 @@ async def create(ctx: Context, request: Request, res_type: str) -> Response:
     access.check_content(ctx, resource, "c")
     now = datetime.now(UTC)
     event = stamp(resource, res_id=request.assigned_id or new_id(), version=1, last_updated=now)
-    await _store(ctx).create(event)
+    await _store(ctx).create(event, ctx.repository.local_base or ctx.base_url)
     version = Version(TYPE, event["id"], 1, now, 0, event, "POST")
     return instance.written(ctx, request, WriteResult(version, created=True), f"Created {TYPE}/{event['id']}")
 

@@ -7,7 +7,8 @@ every other search); this module knows which R4 AuditEvent parameter is which co
   them; a bare id means every target type of the parameter (`patient=1` is `Patient/1`); `Type/id/_history/v`
   narrows by the key, then looks for that version among the body's references.
 - tokens on a 'system|code' column (`type`, `subtype`), on a code (`action`, `outcome`: no system, or the
-  R4 code system they are bound to), on `altid` (exact values, GIN-indexed), and `_id`; `:not` everywhere.
+  R4 code system they are bound to), on `altid` (case-insensitive: stored lower-cased, GIN-indexed), and `_id`;
+  `:not` everywhere.
 - `date` and `_lastUpdated` on `recorded`, an instant: a point, so the R4 prefixes read as comparisons.
 - `address`, a string: case-insensitive prefix, `:exact`, `:contains`.
 The tenant is never named: the view `audit_event` shows only the session's tenant.
@@ -66,8 +67,8 @@ def _clause(clause: Clause) -> Sql:
         versioned = [_versioned(column, v) for v in clause.values if isinstance(v, ReferenceQuery) and v.version]
         return any_of(([sql(f"a.{column} && %s::text[]", keys)] if keys else []) + versioned)
     if kind == "altid":   # one array overlap for all values (GIN); a value with a system matches nothing
-        codes = [v.code for v in _tokens(clause) if v.system in (None, "") and v.code is not None]
-        found = sql("a.altid && %s::text[]", codes)
+        codes = [v.code.lower() for v in _tokens(clause) if v.system in (None, "") and v.code is not None]
+        found = sql("a.altid && %s::text[]", codes)   # stored lower-cased: R4 tokens match case-insensitively
     elif kind in ("id", "code"):
         allowed = (None, "", CODE_SYSTEMS.get(code))
         codes = [v.code for v in _tokens(clause) if v.system in allowed and v.code is not None]
@@ -104,12 +105,12 @@ def _coding(expr: str, value: TokenQuery) -> Sql:
 
 
 def _reference_keys(clause: Clause, value: Value) -> list[str]:
-    """The 'Type/id' keys one reference value matches (none for a URL outside this server)."""
+    """The keys one reference value matches: 'Type/id', or the URL of another server's resource."""
     code = clause.param.code
     if not isinstance(value, ReferenceQuery):
         raise BadRequest(f"{code}: this kind of reference search is not supported on AuditEvent", expression=code)
-    if value.url is not None:
-        return []   # the audit columns hold only references to this server's resources
+    if value.url is not None:   # another server's resource: the columns keep such references whole
+        return [value.url.split("/_history/", 1)[0]]
     types: Sequence[str] = (value.res_type,) if value.res_type else clause.param.targets or sorted(RESOURCE_TYPES)
     return [f"{t}/{value.res_id}" for t in types]
 

@@ -35,9 +35,10 @@ INSERT = (f"INSERT INTO audit_event ({_COLUMN_NAMES})"  # noqa: S608
           f" SELECT {_COLUMN_NAMES} FROM jsonb_to_recordset(%s) AS r({_RECORD})")
 
 
-def rows_json(events: list[dict[str, Any]]) -> Jsonb:
-    """The events as one JSON document of audit table rows (jsonb_to_recordset's input)."""
-    return Jsonb([columns(e).row(e) for e in events])
+def rows_json(events: list[dict[str, Any]], local_base: str | None = None) -> Jsonb:
+    """The events as one JSON document of audit table rows (jsonb_to_recordset's input); absolute references
+    under `local_base` are searchable as local ones."""
+    return Jsonb([columns(e, local_base).row(e) for e in events])
 
 
 def audit_cte(events: list[dict[str, Any]], name: str = "audit") -> tuple[str, dict[str, Any]]:
@@ -47,10 +48,10 @@ def audit_cte(events: list[dict[str, Any]], name: str = "audit") -> tuple[str, d
     return sql, {name: rows_json(events)}
 
 
-async def insert(conn: psycopg.AsyncConnection, events: list[dict[str, Any]]) -> None:
+async def insert(conn: psycopg.AsyncConnection, events: list[dict[str, Any]], local_base: str | None = None) -> None:
     """Insert `events` on `conn` (in its transaction, if one is open)."""
     if events:
-        await conn.execute(INSERT, (rows_json(events),))
+        await conn.execute(INSERT, (rows_json(events, local_base),))
 
 
 class AuditLog:

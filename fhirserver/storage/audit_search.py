@@ -113,13 +113,13 @@ class AuditSearch:
         rows = await self._fetch(sql("SELECT count(*) FROM audit_event a WHERE ") + where(clauses, scope))
         return int(rows[0][0])
 
-    async def create(self, event: dict[str, Any]) -> None:
-        """Store one AuditEvent (its own transaction, or the open one)."""
+    async def create(self, event: dict[str, Any], local_base: str | None = None) -> None:
+        """Store one AuditEvent (its own transaction, or the open one); references under `local_base` are local."""
         try:
             if self.conn is not None:
-                await audit_log.insert(self.conn, [event])
+                await audit_log.insert(self.conn, [event], local_base)
                 return
             async with self.pool.connection() as conn, conn.transaction():
-                await audit_log.insert(conn, [event])
+                await audit_log.insert(conn, [event], local_base)
         except psycopg.Error as exc:
             raise to_fhir_error(exc) from exc

@@ -22,11 +22,12 @@ CREATE TABLE fhirserver_index.audit_event (
     type       text        NOT NULL,          -- 'system|code' of AuditEvent.type
     subtype    text[]      NOT NULL,          -- 'system|code' of each AuditEvent.subtype
     action     text,                          -- C R U D E
-    outcome    text        NOT NULL,          -- 0 4 8 12
+    outcome    text,                          -- 0 4 8 12
     patient    text[]      NOT NULL,          -- 'Patient/id' of every patient the event concerns
-    entity     text[]      NOT NULL,          -- 'Type/id' of every entity.what (without _history)
+    entity     text[]      NOT NULL,          -- 'Type/id' of every entity.what (without _history; absolute
+                                              -- URLs, of other servers, kept whole)
     agent      text[]      NOT NULL,          -- 'Type/id' of every agent.who reference
-    altid      text[]      NOT NULL,          -- agent.altId (user names, client ids)
+    altid      text[]      NOT NULL,          -- agent.altId (user names, client ids), lower-cased
     address    text[]      NOT NULL,          -- agent.network.address
     body       jsonb       NOT NULL,
     PRIMARY KEY (seq)
