@@ -2,6 +2,7 @@
 (`fhirserver tenants add`) adds them."""
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 
@@ -9,6 +10,9 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from fhirserver.storage import tenancy
+from resources.outcome import Unavailable
+
+log = logging.getLogger("fhirserver.tenants")
 
 
 @dataclass(frozen=True)
@@ -36,9 +40,18 @@ class TenantDirectory:
         self._read_at = float("-inf")
 
     async def _refresh(self) -> None:
+        """Re-read the tenants. While the database is unreachable the last list stays in force (and is retried
+        after `refresh_seconds`); with none read yet, the request answers 503."""
         if time.monotonic() - self._read_at < self.refresh_seconds:
             return
-        found = await all_tenants(self.pool)
+        try:
+            found = await all_tenants(self.pool)
+        except (psycopg.Error, OSError) as exc:
+            if self._read_at == float("-inf"):
+                raise Unavailable("The database is unavailable; retry later") from exc
+            log.warning("tenants: could not re-read the tenant list, keeping the last one: %s", exc)
+            self._read_at = time.monotonic() - self.host_seconds + self.refresh_seconds
+            return
         self._names = {t.name for t in found}
         self._hosts = {host.lower(): t.name for t in found for host in t.hosts}
         self._read_at = time.monotonic()

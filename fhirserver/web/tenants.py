@@ -15,7 +15,7 @@ from fhirserver.oauth.http import TENANT_BY_HOST, TENANT_PREFIX
 from fhirserver.storage import tenancy
 from fhirserver.storage.tenants import TenantDirectory
 from fhirserver.web.responses import render_error
-from resources.outcome import NotFound, Unavailable
+from resources.outcome import FHIRError, NotFound, Unavailable
 
 PREFIX = "/t/"
 
@@ -29,24 +29,29 @@ class TenantRouting:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        try:
+            scope, tenant = await self._route(scope)
+        except FHIRError as error:   # unknown tenant, or the tenant list cannot be read (database down)
+            await render_error(error)(scope, receive, send)
+            return
+        with tenancy.use(tenant):
+            await self.app(scope, receive, send)
+
+    async def _route(self, scope: Scope) -> tuple[Scope, str]:
+        """The scope to serve (with the tenant's prefix moved to the root path) and its tenant."""
         directory = self.directory()
         path: str = scope["path"]
-        tenant = tenancy.DEFAULT
         if path.startswith(PREFIX):
             tenant = path[len(PREFIX):].split("/", 1)[0]
             if directory is None:
-                await render_error(Unavailable("The server is starting"))(scope, receive, send)
-                return
+                raise Unavailable("The server is starting")
             if not await directory.exists(tenant):
-                await render_error(NotFound(f"No tenant {tenant[:64]!r} on this server"))(scope, receive, send)
-                return
+                raise NotFound(f"No tenant {tenant[:64]!r} on this server")
             prefix = PREFIX + tenant
-            scope = {**scope, "root_path": scope.get("root_path", "") + prefix, TENANT_PREFIX: prefix}
-        elif directory is not None:
+            return {**scope, "root_path": scope.get("root_path", "") + prefix, TENANT_PREFIX: prefix}, tenant
+        if directory is not None:
             host = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1")
             chosen = await directory.by_host(host) if host else None
             if chosen is not None:
-                tenant = chosen
-                scope = {**scope, TENANT_BY_HOST: True}
-        with tenancy.use(tenant):
-            await self.app(scope, receive, send)
+                return {**scope, TENANT_BY_HOST: True}, chosen
+        return scope, tenancy.DEFAULT
