@@ -23,7 +23,7 @@ from typing import Any
 from resources.outcome import BadRequest
 from resources.types import RESOURCE_TYPES
 from search.dates import date_range
-from search.fhirpath import CHOICE_SUFFIXES, FHIRPathError, Fn, compile_expression, root_members
+from search.fhirpath import CHOICE_SUFFIXES, FHIRPathError, Fn, compile_expression, root_keys
 from search.registry import Registry, SearchParam, standard_registry
 from search.values import (
     DATE_MAX,
@@ -348,7 +348,7 @@ class _Step:
     code: str
     select: Fn
     convert: Callable[[list[Any], Any, Memo], Iterable[IndexValue]]
-    needs: frozenset[str] | None   # root elements, one of which must be present for a match (None: unknown)
+    needs: frozenset[str] | None   # keys of the resource, one of which a match needs (None: unknown)
 
 
 def _simple_step(param: SearchParam, res_type: str, convert: Converter) -> _Step:
@@ -360,7 +360,7 @@ def _simple_step(param: SearchParam, res_type: str, convert: Converter) -> _Step
 
 def _step(param: SearchParam, res_type: str, run: Callable[[list[Any], Any, Memo], Iterable[IndexValue]]) -> _Step:
     expression = param.expression or ""
-    return _Step(param.code, compile_expression(expression, res_type), run, root_members(expression, res_type))
+    return _Step(param.code, compile_expression(expression, res_type), run, root_keys(expression, res_type))
 
 
 def _composite_step(param: SearchParam, res_type: str) -> _Step | None:
@@ -416,34 +416,10 @@ def _plan(registry: Registry, res_type: str) -> list[_Step]:
     return plan
 
 
-_NAMES: dict[str, frozenset[str]] = {}
-_CAPITAL = re.compile(r"(?=[A-Z])")
-
-
-def _names(key: str) -> frozenset[str]:
-    """The element names a JSON key can stand for: `_birthDate` -> birthDate, birth; `valueQuantity` -> value,
-    valueQuantity (a choice element is `name` + a capitalised type)."""
-    found = _NAMES.get(key)
-    if found is None:
-        bare = key[1:] if key.startswith("_") else key
-        found = frozenset(bare[:m.start()] for m in _CAPITAL.finditer(bare) if m.start()) | {bare}
-        if len(_NAMES) < 65536:
-            _NAMES[key] = found
-    return found
-
-
-def _present(resource: dict[str, Any]) -> set[str]:
-    present: set[str] = set()
-    for key in resource:
-        present |= _names(key)
-    return present
-
-
 def extract(resource: dict[str, Any], registry: Registry | None = None, *,
             without: frozenset[str] = frozenset()) -> list[tuple[str, IndexValue]]:
     """(parameter code, index value) for every indexed parameter of the resource's type but those in
-    `without`, without duplicates. Parameters whose paths start at elements the resource lacks are not
-    evaluated.
+    `without`, without duplicates. Parameters whose paths start at keys the resource lacks are not evaluated.
 
     Not indexed: `_text`, `_content`, `_query` (no expression) and `special` parameters (Location `near`).
     """
@@ -453,7 +429,7 @@ def extract(resource: dict[str, Any], registry: Registry | None = None, *,
     found: dict[tuple[str, IndexValue], None] = {}
     memo: Memo = {}
     root = [resource]
-    present = _present(resource)
+    present = frozenset(resource)
     for step in _plan(registry if registry is not None else standard_registry(), res_type):
         if (step.needs is not None and step.needs.isdisjoint(present)) or step.code in without:
             continue

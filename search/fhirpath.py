@@ -1056,23 +1056,23 @@ _EMPTY_STAYS_EMPTY = frozenset({"where", "as", "ofType", "extension", "resolve",
 
 
 @lru_cache(maxsize=8192)
-def root_members(expression: str, root_type: str) -> frozenset[str] | None:
-    """The elements of a `root_type` resource that every path of `expression` starts from (`code` and
-    `subject` for `Observation.code | Observation.subject.where(resolve() is Patient)`): on a resource
-    holding none of them, in any JSON spelling (`name`, `_name`, choice `nameX`), the expression selects
-    nothing, so the indexer need not evaluate it. None when that cannot be told from the expression (any
-    branch not a path from the resource through calls that keep nothing as nothing, such as `exists()`)."""
+def root_keys(expression: str, root_type: str) -> frozenset[str] | None:
+    """JSON keys of a `root_type` resource, one of which every path of `expression` starts from (`code`,
+    `_code`, `valueQuantity`, `_valueQuantity`, `value`, `_value` for `Observation.code | Observation.value as
+    Quantity`): on a resource holding none of them the expression selects nothing, so the indexer need not
+    evaluate it. None when that cannot be told from the expression (a branch that is not a path from the
+    resource through steps that keep nothing as nothing; `exists()` does not)."""
     ast: Ast | None = parse(expression)
     pruned = _prune(ast, root_type) if ast is not None else None
     if pruned is None:
         return frozenset()
-    names: set[str] = set()
+    keys: set[str] = set()
     for branch in _branches(pruned):
-        name = _root_member(branch, root_type)
-        if name is None:
+        found = _root_keys(branch, root_type)
+        if found is None:
             return None
-        names.add(name)
-    return frozenset(names)
+        keys |= found
+    return frozenset(keys | {"_" + key for key in keys})
 
 
 def _branches(ast: Ast) -> list[Ast]:
@@ -1085,18 +1085,24 @@ def _is_root(ast: Ast | None, root_type: str) -> bool:
     return ast is not None and ast[0] == "id" and not _is_member(ast) and ast[1] in (root_type, *_ANY_RESOURCE)
 
 
-def _root_member(ast: Ast | None, root_type: str) -> str | None:
-    """The element `name` of `Type.name...` when each step after it gives nothing for nothing; else None."""
+def _root_keys(ast: Ast | None, root_type: str) -> set[str] | None:
+    """The keys element `name` of `Type.name...` is read from (as `_children` and `_choice_as` read them), when
+    each step after it gives nothing for nothing; else None."""
+    above: Ast | None = None
     while ast is not None:
         kind = ast[0]
-        if kind == "path":
-            if _is_root(ast[1], root_type):
-                return str(ast[2])
-        elif kind == "call" and ast[2] == "extension" and _is_root(ast[1], root_type):
-            return "extension"
-        elif not (kind in ("index", "as") or (kind == "call" and ast[2] in _EMPTY_STAYS_EMPTY)):
+        if kind == "path" and _is_root(ast[1], root_type):
+            name = str(ast[2])
+            typed = above is not None and (above[0] == "as" or above[0] == "call" and above[2] in ("as", "ofType"))
+            if typed and above is not None:
+                type_name = above[2] if above[0] == "as" else _type_argument(above[3][0])
+                return {name, *(name + suffix for suffix in suffixes_for(type_name))}
+            return {name, *(name + suffix for suffix in CHOICE_SUFFIXES.get(name, ()))}
+        if kind == "call" and ast[2] == "extension" and _is_root(ast[1], root_type):
+            return {"extension"}
+        if not (kind in ("path", "index", "as") or (kind == "call" and ast[2] in _EMPTY_STAYS_EMPTY)):
             return None
-        ast = ast[1]
+        above, ast = ast, ast[1]
     return None
 
 
