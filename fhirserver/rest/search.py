@@ -16,9 +16,10 @@ from resources.meta import check_id
 from resources.outcome import BadRequest, Forbidden, NotFound
 from resources.types import RESOURCE_TYPES
 from search.parse import parse_search
-from search.query import SearchQuery
+from search.query import AnyClause, Clause, Criterion, HasClause, SearchQuery
 
 _FORM = "application/x-www-form-urlencoded"
+TRAIL = "AuditEvent"   # served by rest/audit_events.py from the audit trail, not by the resource tables
 
 
 def request_params(request: Request) -> list[tuple[str, str]]:
@@ -90,6 +91,25 @@ async def search_compartment(ctx: Context, request: Request, comp_type: str, com
     return await _search(ctx, request, res_type if res_type != "*" else None, types, path, (comp_type, comp_id))
 
 
+def _types_reached(query: SearchQuery) -> set[str]:
+    """The resource types a search's criteria (chains, _has) and includes reach besides its own."""
+    found: set[str] = set()
+    pending: list[Criterion | None] = list(query.clauses)
+    while pending:
+        criterion = pending.pop()
+        if isinstance(criterion, HasClause):
+            found.add(criterion.res_type)
+            pending.append(criterion.inner)
+        elif isinstance(criterion, AnyClause):
+            pending.extend(criterion.alternatives)
+        elif isinstance(criterion, Clause) and criterion.chain is not None:
+            found.add(criterion.target_type or "")
+            pending.append(criterion.chain)
+    for include in (*query.includes, *query.revincludes):
+        found.update(t for t in (include.source_type, include.target_type) if t)
+    return found
+
+
 def _confined(ctx: Context, params: list[tuple[str, str]], res_types: tuple[str, ...],
               compartment: tuple[str, str] | None) -> tuple[list[tuple[str, str]], tuple[str, ...],
                                                           tuple[str, str] | None]:
@@ -112,6 +132,9 @@ async def _search(ctx: Context, request: Request, res_type: str | None, types: t
     params = request_params(request)
     query = parse_search(params, res_type=res_type, registry=ctx.registry, base_url=ctx.base_url,
                          strict=_strict(request), max_count=ctx.max_page_size, compartment=compartment)
+    if TRAIL in query.res_types or TRAIL in _types_reached(query):
+        raise BadRequest(f"{TRAIL} resources live in the audit trail: search them at [base]/{TRAIL} (they cannot "
+                         "be reached from other types' searches, includes, chains or _has)")
     res_types = query.res_types if query.res_types and not compartment else types
     if compartment and query.res_types:
         res_types = tuple(t for t in query.res_types if t in types)
