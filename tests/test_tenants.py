@@ -114,7 +114,7 @@ def test_database_role_cannot_read_other_tenants(http: httpx.Client, tenant_db: 
             "SELECT table_name FROM information_schema.columns WHERE column_name = 'tenant_id'"
             " AND table_schema = 'public'")]
         assert {"resource", "resource_history", "search_string", "search_reference", "auth_client",
-                "export_job"} <= set(tables)
+                "export_job", "audit_event", "audit_link", "audit_chain_head"} <= set(tables)
         unguarded = owner.execute(
             "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
             " JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'tenant_id'"
@@ -133,6 +133,7 @@ def test_database_role_cannot_read_other_tenants(http: httpx.Client, tenant_db: 
         bodies = conn.execute("SELECT body::text FROM resource_history").fetchall()
         assert bodies and not any("owner-b" in body for (body,) in bodies)
         assert conn.execute("SELECT count(*) FROM search_string WHERE norm LIKE 'rls%'").fetchone()[0] > 0
+        assert conn.execute("SELECT count(*) FROM audit_event WHERE entity @> '{Patient/rls}'").fetchone()[0] > 0
         assert conn.execute("UPDATE resource SET deleted = true WHERE tenant_id = 'b'").rowcount == 0
         with pytest.raises(psycopg.errors.InsufficientPrivilege):   # WITH CHECK: no rows for another tenant
             conn.execute("INSERT INTO reindex_job (res_types, tenant_id) VALUES ('{}', 'b')")
@@ -147,6 +148,10 @@ def test_database_role_cannot_read_other_tenants(http: httpx.Client, tenant_db: 
         with pytest.raises(psycopg.errors.WithCheckOptionViolation):   # the views accept only the session's tenant
             conn.execute("INSERT INTO search_uri (res_type, res_id, param, uri, tenant_id) VALUES"
                          " ('Patient', 'x', 'url', 'urn:x', 'b')")
+        with pytest.raises(psycopg.errors.WithCheckOptionViolation):   # so does the audit trail's
+            conn.execute("INSERT INTO audit_event (id, recorded, type, subtype, outcome, patient, entity, agent,"
+                         " altid, address, body, tenant_id) VALUES ('x', now(), '|', '{}', '0', '{}', '{}', '{}',"
+                         " '{}', '{}', '{}', 'b')")
 
 
 # ---- random data and random requests over two tenants ------------------------------------------------------
