@@ -47,16 +47,23 @@ _FORMATS = {  # what each primitive's pattern means, for messages
 
 # --- compiled tables ------------------------------------------------------------------------------------
 
+_KNOWN_LIMIT = 2048      # valid strings remembered per primitive type (codes, systems, units recur)
+_KNOWN_LENGTH = 100      # longest string remembered (memory stays under a few MB)
+
+
 @dataclass(frozen=True, slots=True)
 class _Primitive:
     name: str
     types: tuple[type, ...]
     match: Callable[[str], object] | None = None
     bounds: tuple[int, int] | None = None  # integer types only
+    known: set[str] = field(default_factory=set, compare=False)   # strings that passed `match`
 
     def error(self, value: Any) -> tuple[str, str] | None:
         """(issue code, message) when `value` is not a valid JSON form of this primitive."""
         kind = type(value)
+        if kind is str and value in self.known:
+            return None
         if kind not in self.types:
             expected, got = _json_kind(self.types[0]), _json_kind(kind)
             if expected == got:  # 1.5 for an integer
@@ -65,11 +72,14 @@ class _Primitive:
         if kind is str:
             if not value:
                 return "value", "empty string is not allowed in FHIR JSON"
-            if self.match is not None and self.match(value) is None:
-                control = _CONTROL.search(value)
-                if control:
-                    return "value", f"control character U+{ord(control.group()):04X} in {self.name}"
-                return "value", f"invalid {self.name} ({_FORMATS.get(self.name, 'format')}): {_excerpt(value)}"
+            if self.match is not None:
+                if self.match(value) is None:
+                    control = _CONTROL.search(value)
+                    if control:
+                        return "value", f"control character U+{ord(control.group()):04X} in {self.name}"
+                    return "value", f"invalid {self.name} ({_FORMATS.get(self.name, 'format')}): {_excerpt(value)}"
+                if len(value) <= _KNOWN_LENGTH and len(self.known) < _KNOWN_LIMIT:
+                    self.known.add(value)
         elif self.bounds is not None and not self.bounds[0] <= value <= self.bounds[1]:
             return "value", f"{self.name} out of range [{self.bounds[0]}, {self.bounds[1]}]: {value}"
         elif kind is float and not math.isfinite(value) or kind is Decimal and not value.is_finite():
