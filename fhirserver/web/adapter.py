@@ -20,6 +20,7 @@ from fhirserver.rest.http import Request, Response
 from fhirserver.rest.negotiation import check_accept
 from fhirserver.rest.router import dispatch, interaction
 from fhirserver.settings import Settings
+from fhirserver.storage import tenancy
 from fhirserver.web.auth import TokenCheck, authenticate
 from fhirserver.web.metrics import Metrics
 from fhirserver.web.ratelimit import RateLimiter
@@ -94,7 +95,7 @@ def make_endpoint(settings: Settings, context: Callable[[], Context], metrics: M
             ctx = ctx.local_to(local_base_url(http_request, settings))   # the tenant's own absolute references
             ctx = await authenticated(ctx, http_request, request, settings, check_token())
             if per_client is not None and ctx.access.client_id:
-                _limit(per_client, ctx.access.client_id, "this client")
+                _limit(per_client, f"{tenancy.current()}/{ctx.access.client_id}", "this client")   # ids are per tenant
             response = render(await _within(settings.request_timeout_seconds, dispatch(ctx, request)), request,
                               head=http_request.method == "HEAD")
         except FHIRError as error:
