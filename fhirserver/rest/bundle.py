@@ -160,14 +160,20 @@ async def _batch(ctx: Context, request: Request, raw_entries: list[dict[str, Any
     from fhirserver.rest.router import dispatch
 
     results = []
-    for index, raw in enumerate(raw_entries):
-        try:
-            entry = _entry(ctx, index, raw)
-            if entry.method == "POST" and not entry.path:
-                raise BadRequest("A batch entry cannot itself be a batch or transaction")
-            results.append(_entry_response(await dispatch(ctx, _request(entry, request))))
-        except FHIRError as error:
-            results.append(_error_entry(error))
+    audit = ctx.audit.deferred() if ctx.audit is not None else None   # the entries' events: one commit
+    entries_ctx = replace(ctx, audit=audit) if audit is not None else ctx
+    try:
+        for index, raw in enumerate(raw_entries):
+            try:
+                entry = _entry(ctx, index, raw)
+                if entry.method == "POST" and not entry.path:
+                    raise BadRequest("A batch entry cannot itself be a batch or transaction")
+                results.append(_entry_response(await dispatch(entries_ctx, _request(entry, request))))
+            except FHIRError as error:
+                results.append(_error_entry(error))
+    finally:
+        if audit is not None:
+            await audit.flush()   # before the response: every entry served is in the trail
     return Response(200, {"resourceType": "Bundle", "type": "batch-response", "entry": results}, {})
 
 

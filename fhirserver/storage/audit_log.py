@@ -105,6 +105,10 @@ class AuditLog:
         """The log as seen inside the open transaction of `conn` (a transaction Bundle)."""
         return TransactionAudit(self, conn)
 
+    def deferred(self) -> DeferredAudit:
+        """A log that gathers events until `flush` (a batch Bundle: one commit for all of its entries)."""
+        return DeferredAudit(self)
+
 
 class TransactionAudit(AuditLog):
     """Events of a transaction's entries commit with the transaction; failures are committed on their own."""
@@ -118,4 +122,27 @@ class TransactionAudit(AuditLog):
         await insert(self.conn, list(events))
 
     async def record_failure(self, *events: dict[str, Any]) -> None:
+        await self.outer.record(*events)
+
+
+class DeferredAudit(AuditLog):
+    """Events of a batch's entries, committed together by `flush` before the batch's response leaves (one
+    commit instead of one per entry; writes still carry theirs in their own transactions)."""
+
+    def __init__(self, outer: AuditLog) -> None:
+        super().__init__(outer.pool)
+        self.outer = outer
+        self.events: list[dict[str, Any]] = []
+
+    async def record(self, *events: dict[str, Any]) -> None:
+        self.events.extend(events)
+
+    async def record_failure(self, *events: dict[str, Any]) -> None:
+        self.events.extend(events)
+
+    def bound(self, conn: psycopg.AsyncConnection) -> AuditLog:
+        return self.outer.bound(conn)
+
+    async def flush(self) -> None:
+        events, self.events = self.events, []
         await self.outer.record(*events)
