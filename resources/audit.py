@@ -7,6 +7,7 @@ posted by a client) into the values the audit table is searched by (R4 AuditEven
 from __future__ import annotations
 
 import base64
+import functools
 import re
 import uuid
 from dataclasses import dataclass, field
@@ -79,8 +80,7 @@ def event(*, type_: dict[str, str], subtype: dict[str, str], action: str, status
     if description or status >= 400:
         out["outcomeDesc"] = (description or f"HTTP {status}")[:1000]
     out["agent"] = _agents(agent)
-    out["source"] = {"site": source, "observer": {"display": source},
-                     "type": [{"system": _SOURCE_TYPE, "code": "4", "display": "Application Server"}]}
+    out["source"] = _source(source)
     found = [_entity(e) for e in entities]
     named = {local_reference(e.reference) for e in entities}
     found += [_entity(Entity(f"Patient/{p}", role="1")) for p in dict.fromkeys(patients) if f"Patient/{p}" not in named]
@@ -107,6 +107,15 @@ def auth_event(kind: str, *, status: int, agent: Agent, source: str, recorded: d
                  description=description)
 
 
+# The agents and source of a requester recur in every event of its requests: made once, shared by the events
+# (which are only serialised, never changed).
+@functools.lru_cache(maxsize=64)
+def _source(source: str) -> dict[str, Any]:
+    return {"site": source, "observer": {"display": source},
+            "type": [{"system": _SOURCE_TYPE, "code": "4", "display": "Application Server"}]}
+
+
+@functools.lru_cache(maxsize=1024)
 def _agents(agent: Agent) -> list[dict[str, Any]]:
     network = {"address": agent.address, "type": "2"} if agent.address else None
     app: dict[str, Any] = {"type": {"coding": [{"system": DCM, "code": "110150", "display": "Application"}]},
@@ -174,8 +183,11 @@ class Columns:
 def local_reference(value: Any, local_base: str | None = None) -> str | None:
     """'Type/id' of a reference to a resource of this server (relative, or absolute under `local_base`), any
     version; another server's absolute reference whole but without its version; else None."""
-    if not isinstance(value, str):
-        return None
+    return _local_reference(value, local_base) if isinstance(value, str) else None
+
+
+@functools.lru_cache(maxsize=8192)
+def _local_reference(value: str, local_base: str | None) -> str | None:
     match = _REFERENCE.fullmatch(value)
     if not match:
         return None
