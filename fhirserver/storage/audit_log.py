@@ -51,7 +51,7 @@ def audit_cte(events: list[dict[str, Any]], name: str = "audit") -> tuple[str, d
 async def insert(conn: psycopg.AsyncConnection, events: list[dict[str, Any]], local_base: str | None = None) -> None:
     """Insert `events` on `conn` (in its transaction, if one is open)."""
     if events:
-        await conn.execute(INSERT, (rows_json(events, local_base),))
+        await conn.execute(INSERT, (rows_json(events, local_base),), prepare=True)
 
 
 class AuditLog:
@@ -86,7 +86,7 @@ class AuditLog:
         try:
             with tenancy.use(tenant):
                 async with self.pool.connection() as conn:
-                    await conn.execute(INSERT, (rows_json(events),))
+                    await conn.execute(INSERT, (rows_json(events),), prepare=True)
         except Exception as exc:   # any failure refuses the accesses waiting on this batch
             log.error("audit events could not be written: %s", exc)
             error = Unavailable("The access could not be audited, so it was refused; retry later")
