@@ -78,7 +78,7 @@ def event(*, type_: dict[str, str], subtype: dict[str, str], action: str, status
                            "subtype": [subtype], "action": action, "recorded": instant,
                            "outcome": outcome_code(status)}
     if description or status >= 400:
-        out["outcomeDesc"] = (description or f"HTTP {status}")[:1000]
+        out["outcomeDesc"] = _clean(description or f"HTTP {status}")[:1000]
     out["agent"] = _agents(agent)
     out["source"] = _source(source)
     found = [_entity(e) for e in entities]
@@ -117,6 +117,8 @@ def _source(source: str) -> dict[str, Any]:
 
 @functools.lru_cache(maxsize=1024)
 def _agents(agent: Agent) -> list[dict[str, Any]]:
+    agent = Agent(*(_clean(value) if value else value for value in (agent.client_id, agent.user, agent.fhir_user,
+                                                                     agent.address, agent.user_agent)))
     network = {"address": agent.address, "type": "2"} if agent.address else None
     app: dict[str, Any] = {"type": {"coding": [{"system": DCM, "code": "110150", "display": "Application"}]},
                            "requestor": agent.user is None and agent.fhir_user is None}
@@ -145,15 +147,21 @@ def _agents(agent: Agent) -> list[dict[str, Any]]:
 def _entity(entity: Entity) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if entity.reference:
-        out["what"] = {"reference": entity.reference}
+        out["what"] = {"reference": _clean(entity.reference)[:1000]}
         out["type"] = {"system": _OBJECT_TYPE, "code": "1" if entity.role == "1" else "2"}
     if entity.query is not None:
         out["type"] = {"system": _OBJECT_TYPE, "code": "2", "display": "System Object"}
         out["query"] = base64.b64encode(entity.query.encode()).decode()
     out["role"] = {"system": _OBJECT_ROLE, "code": entity.role}
     if entity.description:
-        out["description"] = entity.description[:1000]
+        out["description"] = _clean(entity.description)[:1000]
     return out
+
+
+def _clean(text: str) -> str:
+    """Text that came from a request, fit to store: PostgreSQL's jsonb refuses the NUL character (and the
+    event must be stored whatever the request held)."""
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
 
 
 # ---- the searchable columns of an AuditEvent --------------------------------------------------------------

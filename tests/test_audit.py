@@ -153,6 +153,20 @@ def test_user_agents_and_refused_accesses(live: LiveServer, minter: Minter, audi
     assert [summary(e) for e in mine] == [("token-rejected", "E", "4")]
 
 
+def test_requests_holding_nul_characters_are_refused_and_audited(live: LiveServer, minter: Minter,
+                                                                  audited_db: str) -> None:
+    """PostgreSQL's jsonb refuses NUL: what a request carries reaches its event cleaned (found by the fuzz suite)."""
+    caller = Caller(live, minter)
+    with caller as http:
+        bad = http.post("/Patient", content=b'{"resourceType":"Patient","\\u0000":null}',
+                        headers={"Content-Type": FHIR_JSON})
+        assert bad.status_code == 400, bad.text
+        assert http.get("/Patient/a%00b").status_code == 400   # a malformed URL: refused before the FHIR layer
+    found = events(audited_db, altid=caller.client_id)
+    assert [summary(e) for e in found] == [("create", "C", "4")]
+    assert "\ufffd" in found[0]["outcomeDesc"] and all("\x00" not in str(e) for e in found)
+
+
 def test_failed_transaction_leaves_only_failure_events(live: LiveServer, minter: Minter, audited_db: str) -> None:
     caller = Caller(live, minter)
     with caller as http:
