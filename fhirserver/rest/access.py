@@ -8,7 +8,7 @@ scope are refused (fail closed): the restriction cannot be decided before the re
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from fhirserver.rest.context import Context
@@ -31,12 +31,14 @@ def require(ctx: Context, res_type: str, operation: str) -> tuple[Rule, ...]:
     return rules
 
 
-def compartment_patients(ctx: Context, resource: dict[str, Any] | None) -> set[str]:
-    """The ids of the local Patients whose compartment holds `resource` (R4 Patient CompartmentDefinition)."""
+def _patients(ctx: Context, resource: dict[str, Any] | None) -> Iterator[str]:
+    """The ids of the local Patients whose compartment holds `resource` (R4 Patient CompartmentDefinition),
+    lazily (and possibly repeated): a membership check stops at the first match."""
     res_type = resource.get("resourceType") if isinstance(resource, dict) else None
     if not isinstance(res_type, str) or resource is None:
-        return set()
-    found = {str(resource["id"])} if res_type == "Patient" and resource.get("id") else set()
+        return
+    if res_type == "Patient" and resource.get("id"):
+        yield str(resource["id"])
     root = [resource]
     for code in membership_params("Patient", res_type):
         param = ctx.registry.get(res_type, code)
@@ -47,13 +49,17 @@ def compartment_patients(ctx: Context, resource: dict[str, Any] | None) -> set[s
             for value in convert(node):
                 if isinstance(value, ReferenceValue) and value.res_type == "Patient" and value.res_id \
                         and (value.url is None or value.url.startswith(ctx.base_url + "/")):
-                    found.add(value.res_id)
-    return found
+                    yield value.res_id
+
+
+def compartment_patients(ctx: Context, resource: dict[str, Any] | None) -> set[str]:
+    """Every local Patient whose compartment holds `resource` (the audit trail names them all)."""
+    return set(_patients(ctx, resource))
 
 
 def in_compartment(ctx: Context, resource: dict[str, Any], patient: str) -> bool:
     """Is `resource` in the compartment of Patient/`patient`?"""
-    return patient in compartment_patients(ctx, resource)
+    return any(found == patient for found in _patients(ctx, resource))
 
 
 async def _matches(ctx: Context, res_type: str, res_id: str, query: tuple[tuple[str, str], ...]) -> bool:

@@ -95,8 +95,7 @@ def _served(ctx: Context, request: Request, shape: str, args: list[str], code: s
     for resource in resources:
         patients |= compartment_patients(ctx, resource)
     if code.startswith(("search", "history")) or shape.endswith("$op"):
-        entities = [Entity(f"{r['resourceType']}/{r['id']}/_history/{r.get('meta', {}).get('versionId', '')}"
-                           .removesuffix("/_history/")) for r in resources]
+        entities = [Entity(_versioned(r)) for r in resources]
         if code.startswith("search") or shape.endswith("$op"):
             entities.append(Entity(query=f"{request.path}?{request.query_string}", role="24"))
     elif resources and code in ("read", "vread", "create", "update", "patch"):
