@@ -1,6 +1,7 @@
 """Server-managed resource metadata: id, meta.versionId, meta.lastUpdated."""
 from __future__ import annotations
 
+import functools
 import re
 import uuid
 from datetime import UTC, datetime
@@ -22,6 +23,7 @@ def check_id(value: str, expression: str = "id") -> str:
     return value
 
 
+@functools.lru_cache(maxsize=1024)   # the writes of one transaction share a few milliseconds: formatted once each
 def format_instant(moment: datetime) -> str:
     """An R4 instant with millisecond precision and an explicit offset."""
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

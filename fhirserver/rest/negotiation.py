@@ -2,6 +2,7 @@
 ETags, conditional-read headers, `_format`, `_pretty`, `_summary`, `_elements`."""
 from __future__ import annotations
 
+import functools
 import re
 from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
@@ -88,6 +89,7 @@ def if_match(request: Request) -> int | None:
     return parse_etag(value, "If-Match") if value else None
 
 
+@functools.lru_cache(maxsize=1024)
 def http_date(moment: datetime) -> str:
     return format_datetime(moment.astimezone(UTC), usegmt=True)
 
