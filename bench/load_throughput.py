@@ -7,6 +7,7 @@ process tree and, separately, the PostgreSQL processes. The http mode sends an o
 authorization is on by default; --open runs the server without authorization instead, for comparison.
 
     python bench/load_throughput.py [--files N] [--concurrency 4] [--workers 2] [--mode http,load] [--open]
+                                    [--fulltext-off]
 """
 from __future__ import annotations
 
@@ -183,6 +184,8 @@ def main() -> None:
     parser.add_argument("--mode", default="http,load")
     parser.add_argument("--open", action="store_true",
                         help="http mode: run the server with --open (no authorization, no token) for comparison")
+    parser.add_argument("--fulltext-off", action="store_true",
+                        help="turn full-text search (_content, _text) off first (`fhirserver fulltext off`)")
     args = parser.parse_args()
     files = sorted(SYNTHEA.glob("*.json.gz"))
     patients = [f for f in files if not f.name.startswith(("hospital", "practitioner"))]
@@ -190,10 +193,15 @@ def main() -> None:
     results: dict[str, Any] = {"benchmark": "load_throughput", "cpu_count": os.cpu_count(), "files": len(chosen),
                "load_average_before": load_average(),
                "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-               "targets": {"http_resources_per_s": 2000, "load_resources_per_s": 8000}, "runs": []}
+               "targets": {"http_resources_per_s": 2000, "load_resources_per_s": 8000},
+               "fulltext": "off" if args.fulltext_off else "on", "runs": []}
     for mode in args.mode.split(","):
         with tempfile.TemporaryDirectory(prefix="fhirbench-") as tmp:
             tmp_path = Path(tmp)
+            if args.fulltext_off:
+                subprocess.run([sys.executable, "-m", "fhirserver.cli", "fulltext", "off", "--data-dir",
+                                str(tmp_path / "data"), "--log-level", "warning"],
+                               check=True, stdout=subprocess.DEVNULL)
             if mode == "http":
                 run = bench_http(chosen, args.concurrency, args.workers, tmp_path / "data", args.open)
             else:

@@ -115,6 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
                                        "tenant's chain and reports the first broken or missing link (exit 1).")
     asub = audit.add_subparsers(dest="action", metavar="ACTION", required=True)
     _common(asub.add_parser("verify", help="verify the hash chain of the tenant's audit trail"))
+    text = sub.add_parser("fulltext", help="turn full-text search (_content, _text) on or off, or show it",
+                          description="Full-text search is on by default and costs about 20%% of a bulk load's CPU "
+                                      "(bench/README.md). `off` drops its columns and indexes; `on` adds them back "
+                                      "and computes them for every stored resource (the table is locked meanwhile). "
+                                      "Running servers follow within a moment. Applies to every tenant.")
+    _common(text)
+    text.add_argument("state", choices=("on", "off", "status"))
     dburl = sub.add_parser("database-url", help="print the PostgreSQL URL the server uses (for psql and tools)",
                            description="Print the connection URL of the database (starting the embedded PostgreSQL "
                                        "only for as long as the command runs, unless a server is using it).")
@@ -333,6 +340,21 @@ def cmd_audit_verify(settings: Settings) -> int:
     return 1
 
 
+def cmd_fulltext(settings: Settings, state: str) -> int:
+    from fhirserver.storage import fulltext
+    from fhirserver.storage.parameters import CHANNEL
+
+    with migrated(settings) as resolved:
+        assert resolved.database_url
+        if state != "status":
+            if state == "on":
+                print("computing full-text columns for every stored resource ...", file=sys.stderr)
+            fulltext.switch(resolved.database_url, state == "on", CHANNEL)
+        served = fulltext.status(resolved.database_url)
+    print(f"full-text search: {'on' if served else 'off'}" + (f" ({', '.join(sorted(served))})" if served else ""))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -369,6 +391,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_tenants(settings, args)
         if args.command == "audit":
             return cmd_audit_verify(settings)
+        if args.command == "fulltext":
+            return cmd_fulltext(settings, args.state)
         if args.command == "database-url":
             with database(settings) as resolved:
                 print(resolved.database_url)

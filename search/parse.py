@@ -414,6 +414,8 @@ class _Parser:
         if params is None:
             where = ", ".join(types) if types else "all resource types"
             message = f"Unknown search parameter {code!r} for {where}"
+            if code in FULL_TEXT:
+                message = f"Full-text search ({code}) is turned off on this server"
             if top:
                 raise _Skip(message)
             raise BadRequest(f"{name}: {message}", expression=name)

@@ -7,7 +7,7 @@ with `Registry.add`, which rejects expressions the FHIRPath compiler cannot hand
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -100,6 +100,11 @@ class Registry:
     def copy(self) -> Registry:
         """An independent registry with the same parameters (add custom ones to a copy, not the shared one)."""
         return Registry(list(self._by_url.values()))
+
+    def without(self, codes: Iterable[str]) -> Registry:
+        """An independent registry without the parameters of these codes (features a database does not serve)."""
+        dropped = frozenset(codes)
+        return Registry([param for param in self._by_url.values() if param.code not in dropped])
 
     # ------------------------------------------------------------------------------------------- changes
     def add(self, search_parameter: dict[str, Any]) -> SearchParam:

@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from fhirserver.storage import tenancy
+from fhirserver.storage import fulltext, tenancy
 from fhirserver.storage.tenants import all_tenants
 from resources.outcome import FHIRError, Unprocessable
 from search.registry import Registry
@@ -38,8 +38,9 @@ def check_custom(resource: dict[str, Any], registry: Registry) -> None:
 
 class SearchParameters:
     def __init__(self, standard: Registry) -> None:
-        self._standard = standard
+        self._all = self._standard = standard
         self._by_tenant: dict[str, Registry] = {}
+        self._full_text = frozenset(fulltext.COLUMNS)   # the full-text codes the database serves
 
     @property
     def current(self) -> Registry:
@@ -61,12 +62,20 @@ class SearchParameters:
         return registry
 
     async def reload(self, pool: AsyncConnectionPool) -> None:
-        """Re-read the custom SearchParameters of the current tenant."""
+        """Re-read the custom SearchParameters of the current tenant (and which full-text parameters the database
+        serves: `fhirserver fulltext`)."""
         async with pool.connection() as conn:
+            self._serve_full_text(await fulltext.served(conn))
             cur = await conn.execute("SELECT body FROM resource WHERE res_type = 'SearchParameter' AND NOT deleted"
                                      " ORDER BY txid")
             rows = await cur.fetchall()
         self._by_tenant[tenancy.current()] = self.build(row[0] for row in rows)
+
+    def _serve_full_text(self, codes: frozenset[str]) -> None:
+        if codes != self._full_text:   # a switch: every tenant's registry is rebuilt as it reloads
+            self._full_text = codes
+            self._standard = self._all.without(frozenset(fulltext.COLUMNS) - codes)
+            self._by_tenant.clear()
 
     async def reload_all(self, pool: AsyncConnectionPool) -> None:
         for tenant in await all_tenants(pool):
@@ -81,6 +90,9 @@ class SearchParameters:
                     await conn.execute(f"LISTEN {CHANNEL}")
                     await self.reload_all(pool)       # catch up with anything missed while not listening
                     async for notification in conn.notifies():
+                        if notification.payload == fulltext.EVERY_TENANT:
+                            await self.reload_all(pool)
+                            continue
                         with tenancy.use(notification.payload):
                             await self.reload(pool)
             except asyncio.CancelledError:
