@@ -7,6 +7,7 @@ import contextlib
 import logging
 import signal
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 
@@ -116,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     asub = audit.add_subparsers(dest="action", metavar="ACTION", required=True)
     _common(asub.add_parser("verify", help="verify the hash chain of the tenant's audit trail"))
     text = sub.add_parser("fulltext", help="turn full-text search (_content, _text) on or off, or show it",
-                          description="Full-text search is on by default and costs about 20%% of a bulk load's CPU "
+                          description="Full-text search is on by default and costs about 20% of a bulk load's CPU "
                                       "(bench/README.md). `off` drops its columns and indexes; `on` adds them back "
                                       "and computes them for every stored resource (the table is locked meanwhile). "
                                       "Running servers follow within a moment. Applies to every tenant.")
@@ -347,9 +348,12 @@ def cmd_fulltext(settings: Settings, state: str) -> int:
     with migrated(settings) as resolved:
         assert resolved.database_url
         if state != "status":
-            if state == "on":
-                print("computing full-text columns for every stored resource ...", file=sys.stderr)
+            started = time.monotonic()
+            if state == "on" and not fulltext.status(resolved.database_url):
+                print(f"computing full-text search for about {fulltext.stored_estimate(resolved.database_url):,}"
+                      " stored resources; the resource table is locked until it is done ...", file=sys.stderr)
             fulltext.switch(resolved.database_url, state == "on", CHANNEL)
+            print(f"switched in {time.monotonic() - started:.1f}s", file=sys.stderr)
         served = fulltext.status(resolved.database_url)
     print(f"full-text search: {'on' if served else 'off'}" + (f" ({', '.join(sorted(served))})" if served else ""))
     return 0
