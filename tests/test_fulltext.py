@@ -1,7 +1,8 @@
 """`fhirserver fulltext on|off|status` (fhirserver/storage/fulltext.py): turning full-text search off drops what
 serves `_content` and `_text`; a running server stops offering them (strict handling: 400, lenient: ignored, the
-CapabilityStatement no longer lists them) while everything else goes on; turning it back on serves them again
-for every stored resource, those written while it was off included."""
+CapabilityStatement no longer lists them) while everything else goes on, and a search caught before the server
+hears of the switch answers 503 (retry), not 500; turning it back on serves them again for every stored resource,
+those written while it was off included."""
 from __future__ import annotations
 
 import subprocess
@@ -11,6 +12,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 
 from tests.conftest import LiveServer, start_server, throwaway_database
@@ -75,6 +77,11 @@ def test_full_text_off_and_on_again(live: LiveServer, own_db: str) -> None:
         assert ids(found(http, "_content=zebulon")) == {before}
         assert {"_content", "_text"} <= listed(http)
 
+        with psycopg.connect(own_db, autocommit=True) as conn:   # off behind the server's back: no NOTIFY yet
+            conn.execute("ALTER TABLE resource DROP COLUMN content_fts")
+        meanwhile = found(http, "_content=zebulon")
+        assert meanwhile.status_code == 503, meanwhile.text   # retry in a moment, not an internal error
+        assert meanwhile.json()["resourceType"] == "OperationOutcome"
         assert fulltext(own_db, "off") == "full-text search: off"
         eventually(lambda: found(http, "_content=zebulon", Prefer="handling=strict").status_code == 400)
         for code in ("_content", "_text"):

@@ -6,6 +6,7 @@ import logging
 import psycopg
 from psycopg import errors as pg
 
+from fhirserver.storage import fulltext
 from resources.outcome import BadRequest, Conflict, FHIRError, ServerError, Unavailable
 
 log = logging.getLogger("fhirserver.storage")
@@ -24,6 +25,9 @@ def to_fhir_error(exc: psycopg.Error) -> FHIRError:
         return BadRequest("A value is too large for the database to index; shorten it")
     if isinstance(exc, pg.DataException | psycopg.DataError):
         return BadRequest("The request holds data the database cannot accept (e.g. a NUL character)")
+    if isinstance(exc, pg.UndefinedColumn) and any(column in str(exc) for column in fulltext.COLUMNS.values()):
+        # full-text search was switched off a moment ago and this process has not heard yet (NOTIFY)
+        return Unavailable("Full-text search is being switched on or off on this server; retry in a moment")
     if isinstance(exc, psycopg.OperationalError):
         log.error("database unavailable: %s", exc)
         return Unavailable("The database is unavailable; retry later")
