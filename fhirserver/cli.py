@@ -7,7 +7,6 @@ import contextlib
 import logging
 import signal
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import replace
 
@@ -347,14 +346,7 @@ def cmd_fulltext(settings: Settings, state: str) -> int:
 
     with migrated(settings) as resolved:
         assert resolved.database_url
-        if state != "status":
-            started = time.monotonic()
-            if state == "on" and not fulltext.status(resolved.database_url):
-                print(f"computing full-text search for about {fulltext.stored_estimate(resolved.database_url):,}"
-                      " stored resources; the resource table is locked until it is done ...", file=sys.stderr)
-            fulltext.switch(resolved.database_url, state == "on", CHANNEL)
-            print(f"switched in {time.monotonic() - started:.1f}s", file=sys.stderr)
-        served = fulltext.status(resolved.database_url)
+        served = fulltext.command(resolved.database_url, state, CHANNEL, lambda line: print(line, file=sys.stderr))
     print(f"full-text search: {'on' if served else 'off'}" + (f" ({', '.join(sorted(served))})" if served else ""))
     return 0
 

@@ -8,6 +8,9 @@ one state: every server process reads it with its search parameters, and the swi
 """
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 import psycopg
 
 # parameter code -> the column of `resource` that serves it
@@ -36,30 +39,37 @@ async def served(conn: psycopg.AsyncConnection) -> frozenset[str]:
     return _codes(await (await conn.execute(_PRESENT, (list(COLUMNS.values()),))).fetchall())
 
 
-def status(owner_url: str) -> frozenset[str]:
-    """`served`, for the command line."""
-    with psycopg.connect(owner_url) as conn:
-        return _codes(conn.execute(_PRESENT, (list(COLUMNS.values()),)).fetchall())
+def command(owner_url: str, state: str, channel: str, say: Callable[[str], None]) -> frozenset[str]:
+    """`fhirserver fulltext on|off|status` on one connection, as the owner: the codes served afterwards. `say`
+    tells the operator what a switch is doing."""
+    with psycopg.connect(owner_url, autocommit=True) as conn:
+        served = _present(conn)
+        if state == "status":
+            return served
+        started = time.monotonic()
+        if state == "on" and not served:
+            say(f"computing full-text search for about {_stored_estimate(conn):,} stored resources; the resource "
+                "table is locked until it is done ...")
+        with conn.transaction():   # the NOTIFY reaches the running servers at commit
+            for statement in _ENABLE if state == "on" else _DISABLE:
+                conn.execute(statement)
+            conn.execute("SELECT pg_notify(%s, %s)", (channel, EVERY_TENANT))
+        say(f"switched in {time.monotonic() - started:.1f}s")
+        return _present(conn)
 
 
-def stored_estimate(owner_url: str) -> int:
+def _present(conn: psycopg.Connection) -> frozenset[str]:
+    return _codes(conn.execute(_PRESENT, (list(COLUMNS.values()),)).fetchall())
+
+
+def _stored_estimate(conn: psycopg.Connection) -> int:
     """About how many rows `resource` holds, all tenants (the planner's count: instant, and not confined by
     row-level security)."""
-    with psycopg.connect(owner_url) as conn:
-        row = conn.execute("SELECT greatest(reltuples, 0)::bigint FROM pg_class"
-                           " WHERE oid = 'public.resource'::regclass").fetchone()
+    row = conn.execute("SELECT greatest(reltuples, 0)::bigint FROM pg_class"
+                       " WHERE oid = 'public.resource'::regclass").fetchone()
     return int(row[0]) if row else 0
 
 
 def _codes(rows: list[tuple[str]]) -> frozenset[str]:
     present = {row[0] for row in rows}
     return frozenset(code for code, column in COLUMNS.items() if column in present)
-
-
-def switch(owner_url: str, on: bool, channel: str) -> None:
-    """Add (computing them for every stored resource) or drop the full-text columns, as the owner, and tell the
-    running servers (NOTIFY `channel`, payload '*': every tenant's parameters)."""
-    with psycopg.connect(owner_url) as conn:
-        for statement in _ENABLE if on else _DISABLE:
-            conn.execute(statement)
-        conn.execute("SELECT pg_notify(%s, %s)", (channel, EVERY_TENANT))

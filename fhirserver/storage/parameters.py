@@ -40,6 +40,7 @@ class SearchParameters:
     def __init__(self, standard: Registry) -> None:
         self._all = self._standard = standard
         self._by_tenant: dict[str, Registry] = {}
+        self._custom: dict[str, list[dict[str, Any]]] = {}   # per tenant: its SearchParameter resources
         self._full_text = frozenset(fulltext.COLUMNS)   # the full-text codes the database serves
 
     @property
@@ -69,13 +70,15 @@ class SearchParameters:
             cur = await conn.execute("SELECT body FROM resource WHERE res_type = 'SearchParameter' AND NOT deleted"
                                      " ORDER BY txid")
             rows = await cur.fetchall()
-        self._by_tenant[tenancy.current()] = self.build(row[0] for row in rows)
+        tenant = tenancy.current()
+        self._custom[tenant] = [row[0] for row in rows]
+        self._by_tenant[tenant] = self.build(self._custom[tenant])
 
     def _serve_full_text(self, codes: frozenset[str]) -> None:
-        if codes != self._full_text:   # a switch: every tenant's registry is rebuilt as it reloads
+        if codes != self._full_text:   # a switch: every tenant's registry is rebuilt from what it already holds
             self._full_text = codes
             self._standard = self._all.without(frozenset(fulltext.COLUMNS) - codes)
-            self._by_tenant.clear()
+            self._by_tenant = {tenant: self.build(custom) for tenant, custom in self._custom.items()}
 
     async def reload_all(self, pool: AsyncConnectionPool) -> None:
         for tenant in await all_tenants(pool):

@@ -1,6 +1,7 @@
 """Compile search criteria (clauses, chains, _has, alternatives) to SQL conditions on a resource alias."""
 from __future__ import annotations
 
+from fhirserver.storage import fulltext
 from fhirserver.storage.sql import date, number, reference, string, token, uri
 from fhirserver.storage.sql.fragment import Aliases, Sql, all_of, any_of, negate, sql
 from resources.outcome import BadRequest
@@ -72,8 +73,8 @@ def _clause(clause: Clause, r: str, aliases: Aliases) -> Sql:
     if code == "_lastUpdated":
         return any_of(date.range_condition(v, f"{r}.last_updated", f"({r}.last_updated + interval '1 millisecond')",
                                            code) for v in clause.values)
-    if code in ("_text", "_content"):
-        column = "text_fts" if code == "_text" else "content_fts"
+    if code in fulltext.COLUMNS:
+        column = fulltext.COLUMNS[code]
         texts = [v.value for v in clause.values if isinstance(v, StringQuery | SpecialQuery)]
         return any_of(sql(f"{r}.{column} @@ websearch_to_tsquery('simple', %s)", t) for t in texts)
     if param.type == "composite":
